@@ -1,0 +1,4 @@
+from celeryctl.cli import main
+
+if __name__ == "__main__":
+    main()

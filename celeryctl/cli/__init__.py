@@ -1,0 +1,128 @@
+"""The root Typer app, its registration of commands, and the one error boundary."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from celeryctl import __version__, render
+from celeryctl.cli import options
+from celeryctl.errors import CeleryctlError, ExitCode
+
+try:  # typer >= 0.20 vendors click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click.exceptions import ClickException  # type: ignore[assignment,no-redef]
+
+app = typer.Typer(
+    name="celeryctl",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        render.out.print(f"celeryctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Settings file for every command (env CELERYCTL_CONFIG; default ./celeryctl.toml)",
+            show_default=False,
+        ),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Set up RabbitMQ and run Celery workers and tasks, with checks at every step.
+
+    Settings come from flags, then CELERYCTL_* variables, then celeryctl.toml.
+    Exit codes (README has the table): 0 ok, 1 failed, 2 usage, 3 config, 4 not installed, 5 permission, 6 unreachable, 7 access refused, 8 timeout, 9 node, 10 app, 11 not confirmed, 70 bug, 130 interrupted.
+    """
+    options.state.config = config
+
+
+# Registration: each command lives in its own module under celeryctl/cli/.
+from celeryctl.cli import broker  # noqa: E402
+
+app.add_typer(broker.app, name="broker")
+
+
+def _wants_json(argv: list[str]) -> bool:
+    args = argv[: argv.index("--")] if "--" in argv else argv
+    return "--json" in args
+
+
+def _debug() -> bool:
+    return os.environ.get("CELERYCTL_DEBUG", "") not in ("", "0")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app and map every outcome to one exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    as_json = _wants_json(args)
+    try:
+        rv = app(args=args, prog_name="celeryctl", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except CeleryctlError as exc:
+        if as_json:
+            render.emit_json(render.error_doc(exc.to_dict()))
+        else:
+            tail = exc.details.get("log_tail") if isinstance(exc.details, dict) else None
+            render.print_error(exc.message, exc.hint, [str(x) for x in tail] if isinstance(tail, list) else None)
+        if _debug():
+            import traceback
+
+            traceback.print_exc()
+        code = int(exc.exit_code)
+    except ClickException as exc:
+        if as_json:
+            render.emit_json(
+                render.error_doc(
+                    {"code": "usage", "message": exc.format_message(), "hint": "see --help", "exit_code": exc.exit_code}
+                )
+            )
+        else:
+            from typer import rich_utils
+
+            rich_utils.rich_format_error(exc)
+        code = exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        render.err.print("interrupted")
+        code = int(ExitCode.INTERRUPTED)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except BrokenPipeError:
+        code = int(ExitCode.FAILED)
+    except Exception as exc:  # noqa: BLE001 - the boundary for bugs
+        message = f"unexpected error: {type(exc).__name__}: {exc}"
+        if as_json:
+            render.emit_json(
+                render.error_doc(
+                    {"code": "internal", "message": message, "hint": "re-run with CELERYCTL_DEBUG=1", "exit_code": 70}
+                )
+            )
+        else:
+            render.print_error(
+                message, "this is a bug in celeryctl; re-run with CELERYCTL_DEBUG=1 to see the traceback"
+            )
+        if _debug():
+            import traceback
+
+            traceback.print_exc()
+        code = int(ExitCode.INTERNAL)
+    sys.exit(code)

@@ -1,0 +1,122 @@
+"""celeryctl broker install | start | stop | status: the private RabbitMQ node."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from celeryctl import render
+from celeryctl.cli.options import DataDirOpt, JsonOpt, resolve
+from celeryctl.rabbitmq.node import Node
+
+app = typer.Typer(
+    help="Install RabbitMQ and run celeryctl's private node (no root needed).",
+    no_args_is_help=True,
+)
+
+
+def _node(data_dir: object) -> Node:
+    settings = resolve(data_dir=data_dir)
+    return Node(settings.data_dir / "node")
+
+
+@app.command()
+def install(json_: JsonOpt = False) -> None:
+    """Install rabbitmq-server with apt-get, or say which version is already there.
+
+    Needs root; otherwise prints the exact sudo command and exits 5.
+    """
+    from celeryctl.rabbitmq import install as installer
+
+    with render.spinner("checking for RabbitMQ", quiet=json_) as update:
+        result = installer.install(on_progress=update)
+    if json_:
+        render.emit_json(render.ok_doc(**result.to_dict()))
+    elif result.installed_now:
+        render.out.print(f"installed RabbitMQ {result.version or ''} ({result.bin_dir})")
+    else:
+        render.out.print(f"RabbitMQ {result.version or '(unknown version)'} is already installed ({result.bin_dir})")
+
+
+@app.command()
+def start(
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port", "-p", help="AMQP port on 127.0.0.1 (default 5672, or the port used last time)", show_default=False
+        ),
+    ] = None,
+    management: Annotated[
+        bool, typer.Option("--management", help="Enable the management plugin (HTTP API and UI).")
+    ] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the node to answer.")] = 90.0,
+    data_dir: DataDirOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Start celeryctl's private RabbitMQ node and wait until it accepts AMQP connections.
+
+    The node listens on 127.0.0.1 only, with its own data directory, Erlang cookie and epmd.
+    It prints the AMQP URL on stdout.  Already running: says so and exits 0.
+    """
+    node = _node(data_dir)
+    with render.spinner("starting RabbitMQ", quiet=json_) as update:
+        info, started = node.start(port, management=management, timeout=timeout, on_progress=update)
+    if json_:
+        render.emit_json(
+            render.ok_doc(
+                started=started,
+                url=info.url,
+                name=info.name,
+                pid=info.pid,
+                port=info.port,
+                management_url=info.management_url,
+                data_dir=str(node.dir),
+            )
+        )
+        return
+    if started:
+        render.info(f"RabbitMQ {info.version or ''} node {info.name} is running (pid {info.pid})")
+    else:
+        render.info(f"already running: node {info.name} (pid {info.pid})")
+    if info.management_url:
+        render.info(f"management UI: {info.management_url} (guest/guest, loopback only)")
+    render.out.print(info.url)
+
+
+@app.command()
+def stop(data_dir: DataDirOpt = None, json_: JsonOpt = False) -> None:
+    """Stop celeryctl's private node; no process of it is left behind."""
+    node = _node(data_dir)
+    with render.spinner("stopping RabbitMQ", quiet=json_) as update:
+        was_running = node.stop(on_progress=update)
+    if json_:
+        render.emit_json(render.ok_doc(stopped=was_running, was_running=was_running))
+    else:
+        render.out.print("stopped" if was_running else "not running")
+
+
+@app.command()
+def status(data_dir: DataDirOpt = None, json_: JsonOpt = False) -> None:
+    """Show whether the private node runs: pid, ports, RabbitMQ version, data dir.
+
+    Exits 0 when it runs, 6 when it does not.
+    """
+    node = _node(data_dir)
+    st = node.status()
+    doc = st.to_dict()
+    if json_:
+        render.emit_json(render.ok_doc(**doc))
+    else:
+        from rich.table import Table
+
+        table = Table(show_header=False, box=None, pad_edge=False)
+        table.add_column(style="bold")
+        table.add_column()
+        table.add_row("state", "[green]running[/]" if st.running else "[red]not running[/]")
+        for key in ("name", "pid", "url", "port", "dist_port", "epmd_port", "management_port", "version", "data_dir"):
+            if doc.get(key) is not None:
+                table.add_row(key.replace("_", " "), str(doc[key]))
+        render.out.print(table)
+    if not st.running:
+        raise typer.Exit(6)

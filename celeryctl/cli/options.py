@@ -1,0 +1,65 @@
+"""Options shared by commands, each naming its CELERYCTL_* variable, and settings resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from celeryctl import render
+from celeryctl.settings import Settings, load_settings
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="Settings file (env CELERYCTL_CONFIG; default ./celeryctl.toml)", show_default=False),
+]
+BrokerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--broker",
+        "-b",
+        help="Broker URL (env CELERYCTL_BROKER_URL; default celeryctl's node, else amqp://guest@localhost:5672//)",
+        show_default=False,
+    ),
+]
+BackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backend", help="Result backend URL (env CELERYCTL_RESULT_BACKEND; default rpc://)", show_default=False
+    ),
+]
+AppOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--app",
+        "-A",
+        help="Celery app MODULE[:ATTRIBUTE] (env CELERYCTL_APP; default the built-in demo app)",
+        show_default=False,
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Where celeryctl keeps its node (env CELERYCTL_DATA_DIR; default ~/.local/share/celeryctl)",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (errors too).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show more detail.")]
+
+
+class _State:
+    config: Path | None = None  # the root --config
+
+
+state = _State()
+
+
+def resolve(config: Path | None = None, **flags: Any) -> Settings:
+    """Load settings with these flag values on top; print settings-file warnings on stderr."""
+    settings = load_settings(flags, config=config or state.config)
+    for message in settings.warnings:
+        render.warn(message)
+    return settings

@@ -1,0 +1,242 @@
+"""The one place that runs RabbitMQ's own programs (rabbitmqctl, rabbitmq-diagnostics, ...).
+
+The runner resolves the program first, always captures both streams, passes secrets on stdin,
+and turns failures into :class:`~celeryctl.errors.CeleryctlError` subclasses that carry the
+command, its return code and its stderr with every secret redacted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from celeryctl.errors import (
+    CommandError,
+    NotInstalledError,
+    PermissionDeniedError,
+    TimeoutError_,
+    UnreachableError,
+)
+
+BIN_DIR_ENV = "CELERYCTL_RABBITMQ_BIN_DIR"
+# Where distributions put the real scripts (Debian's /usr/sbin ones are wrappers that switch
+# to the rabbitmq user when run as root, which a private node must not do).
+WELL_KNOWN_BIN_DIRS = ("/usr/lib/rabbitmq/bin", "/usr/local/sbin", "/usr/sbin", "/opt/homebrew/sbin")
+INSTALL_HINT = "install RabbitMQ with: celeryctl broker install"
+
+
+def find_bin_dir(env: Mapping[str, str] | None = None) -> Path | None:
+    """The directory of the real ``rabbitmq-server``/``rabbitmqctl`` scripts, or None.
+
+    ``CELERYCTL_RABBITMQ_BIN_DIR`` pins it (and only it is searched); otherwise PATH, then the
+    places distributions use.  A Debian wrapper found on PATH maps to /usr/lib/rabbitmq/bin.
+    """
+    env = os.environ if env is None else env
+    pinned = env.get(BIN_DIR_ENV)
+    if pinned:
+        d = Path(pinned)
+        return d if (d / "rabbitmq-server").exists() and (d / "rabbitmqctl").exists() else None
+    found = shutil.which("rabbitmq-server", path=env.get("PATH", os.defpath))
+    candidates: list[Path] = []
+    if found:
+        real = Path(found).resolve().parent
+        candidates.append(real)
+    candidates.extend(Path(d) for d in WELL_KNOWN_BIN_DIRS)
+    for d in candidates:
+        server, ctl = d / "rabbitmq-server", d / "rabbitmqctl"
+        if not (server.exists() and ctl.exists()):
+            continue
+        if _is_debian_wrapper(ctl) and Path("/usr/lib/rabbitmq/bin/rabbitmqctl").exists():
+            return Path("/usr/lib/rabbitmq/bin")
+        return d
+    return None
+
+
+def _is_debian_wrapper(path: Path) -> bool:
+    try:
+        return b"rabbitmq-script-wrapper" in path.read_bytes()[:4096]
+    except OSError:
+        return False
+
+
+def require_bin_dir(env: Mapping[str, str] | None = None) -> Path:
+    d = find_bin_dir(env)
+    if d is None:
+        raise NotInstalledError("RabbitMQ is not installed (rabbitmq-server not found)", INSTALL_HINT)
+    return d
+
+
+def installed_version(bin_dir: Path) -> str | None:
+    """The RabbitMQ version of an installation, read from its files (no Erlang VM)."""
+    for lib in (bin_dir.parent / "lib", bin_dir.parent / "lib" / "rabbitmq" / "lib", Path("/usr/lib/rabbitmq/lib")):
+        try:
+            for entry in sorted(lib.iterdir()):
+                if entry.name.startswith("rabbitmq_server-"):
+                    return entry.name.split("-", 1)[1]
+        except OSError:
+            continue
+    return None
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "****")
+    return text
+
+
+@dataclass
+class CtlResult:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def json(self) -> Any:
+        text = self.stdout.strip()
+        if not text:
+            return []
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            # Some 3.x commands print one JSON document per line.
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@dataclass
+class Runner:
+    """Runs a RabbitMQ CLI tool against one node.
+
+    ``node`` is passed as ``-n``; ``env`` is merged over ``os.environ`` (a private node needs
+    its HOME for the Erlang cookie and its epmd port).  ``calls`` records every argv run, for
+    tests and for ``--json`` reports of what was done.
+    """
+
+    bin_dir: Path | None = None
+    node: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float = 60.0
+    calls: list[list[str]] = field(default_factory=list)
+
+    def executable(self, tool: str) -> str:
+        bin_dir = self.bin_dir or require_bin_dir({**os.environ, **self.env})
+        path = bin_dir / tool
+        if not path.exists():
+            raise NotInstalledError(f"{tool} not found in {bin_dir}", INSTALL_HINT)
+        return str(path)
+
+    def argv(self, tool: str, args: Sequence[str]) -> list[str]:
+        argv = [self.executable(tool)]
+        if self.node and tool in ("rabbitmqctl", "rabbitmq-diagnostics", "rabbitmq-plugins", "rabbitmq-queues"):
+            argv += ["-n", self.node]
+        return argv + list(args)
+
+    def run(
+        self,
+        *args: str,
+        tool: str = "rabbitmqctl",
+        stdin: str | None = None,
+        secrets: Sequence[str] = (),
+        check: bool = True,
+        timeout: float | None = None,
+    ) -> CtlResult:
+        argv = self.argv(tool, args)
+        self.calls.append(list(argv))
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(
+                argv,
+                input=stdin if stdin is not None else "",
+                capture_output=True,
+                text=True,
+                env={**os.environ, **self.env},
+                timeout=timeout or self.timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise TimeoutError_(
+                f"{Path(argv[0]).name} {' '.join(args[:1])} did not answer within {timeout or self.timeout:.0f} s",
+                "is the node overloaded or stuck? check its log",
+            ) from None
+        except PermissionError:
+            raise PermissionDeniedError(f"not allowed to run {argv[0]}", "check the file permissions") from None
+        secrets = [s for s in secrets if s]
+        result = CtlResult(
+            argv=argv,
+            returncode=proc.returncode,
+            stdout=redact(proc.stdout, secrets),
+            stderr=redact(proc.stderr, secrets),
+            seconds=time.monotonic() - started,
+        )
+        if check and proc.returncode != 0:
+            raise classify_failure(result, self.node)
+        return result
+
+    def json(self, *args: str, tool: str = "rabbitmqctl", **kwargs: Any) -> Any:
+        return self.run(*args, "--formatter", "json", tool=tool, **kwargs).json()
+
+    def run_parallel(self, calls: Sequence[Sequence[str]], tool: str = "rabbitmqctl") -> list[Any]:
+        """Run read-only ``--formatter json`` calls at the same time (each boots an Erlang VM)."""
+        with ThreadPoolExecutor(max_workers=max(1, len(calls))) as pool:
+            futures = [pool.submit(self.json, *c, tool=tool) for c in calls]
+            return [f.result() for f in futures]
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("Error:"):
+            return line
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def classify_failure(result: CtlResult, node: str | None) -> Exception:
+    """Turn a failed call into the error a user can act on."""
+    tool = Path(result.argv[0]).name
+    text = f"{result.stderr}\n{result.stdout}"
+    low = text.lower()
+    target = node or "the local node"
+    common = {"argv": result.argv, "returncode": result.returncode, "stderr": result.stderr}
+    if (
+        "invalid_cookie" in low
+        or ("cookie" in low and "authentication failed" in low)
+        or ("erlang cookie" in low and "not" in low and "match" in low)
+    ):
+        return PermissionDeniedError(
+            f"{tool} was refused by {target}: the Erlang cookie does not match",
+            "run as the user that owns the node (sudo for the system node), or use the node's HOME",
+            details=common,
+        )
+    if "eacces" in low or "permission denied" in low:
+        return PermissionDeniedError(
+            f"{tool} is not allowed to talk to {target} (permission denied)",
+            "run it as root (sudo) or as the user that runs the node",
+            details=common,
+        )
+    if (
+        "unable to perform an operation on node" in low
+        or "nodedown" in low
+        or "unable to connect to node" in low
+        or "target node is not running" in low
+    ):
+        return UnreachableError(
+            f"RabbitMQ node {target} is not running",
+            "start one with: celeryctl broker start (or start the system service)",
+            details=common,
+        )
+    message = _first_line(result.stderr) or _first_line(result.stdout) or f"exit status {result.returncode}"
+    return CommandError(
+        f"{tool} {' '.join(result.argv[1:3])} failed: {message}",
+        "run with CELERYCTL_DEBUG=1 for the full output",
+        argv=result.argv,
+        returncode=result.returncode,
+        stderr=result.stderr,
+    )

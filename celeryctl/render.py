@@ -1,0 +1,70 @@
+"""Rich consoles, tables, spinners and the JSON envelope.
+
+stdout carries data (a result, a URL, one JSON document); stderr carries everything meant for
+people (progress, warnings, errors).  Animations only run when stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def emit_json(doc: dict[str, Any]) -> None:
+    """Print exactly one JSON document on stdout."""
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def ok_doc(**data: Any) -> dict[str, Any]:
+    return {"ok": True, **data}
+
+
+def error_doc(error: dict[str, Any]) -> dict[str, Any]:
+    return {"ok": False, "error": error}
+
+
+def print_error(message: str, hint: str | None = None, details: list[str] | None = None) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}")
+    for line in details or []:
+        err.print(f"  [dim]{escape(line)}[/]")
+    if hint:
+        err.print(f"[yellow]hint:[/] {escape(hint)}")
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {escape(message)}")
+
+
+def info(message: str) -> None:
+    err.print(escape(message))
+
+
+@contextmanager
+def spinner(message: str, *, quiet: bool = False) -> Iterator[Any]:
+    """A spinner on stderr while a slow step runs; plain lines when stderr is not a terminal.
+
+    Yields a function that updates the message.
+    """
+    if quiet:
+        yield lambda _msg: None
+        return
+    if not err.is_terminal:
+
+        def update(msg: str) -> None:
+            err.print(escape(msg))
+
+        update(message)
+        yield update
+        return
+    with err.status(escape(message)) as status:
+        yield lambda msg: status.update(escape(msg))

@@ -1,0 +1,284 @@
+"""Layered settings: command-line flag > ``CELERYCTL_*`` environment > ``celeryctl.toml`` > default.
+
+The settings file is flat TOML::
+
+    broker_url = "amqp://celery:...@127.0.0.1:5672/celery"
+    result_backend = "rpc://"
+    app = "test_celery"
+
+It is looked up as ``--config`` / ``CELERYCTL_CONFIG``, else ``./celeryctl.toml``.  A file that
+holds a password is written with mode 0600; reading one that others can read warns.
+Every value remembers where it came from (``Settings.sources``) so that ``doctor -v`` can say.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from celeryctl.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+CONFIG_FILENAME = "celeryctl.toml"
+CONFIG_ENV = "CELERYCTL_CONFIG"
+FALLBACK_BROKER_URL = "amqp://guest:guest@localhost:5672//"
+DEFAULT_BACKEND = "rpc://"
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    env: str
+    flag: str
+    help: str
+    type: type = str
+
+
+KEYS: dict[str, Key] = {
+    k.name: k
+    for k in (
+        Key("broker_url", "CELERYCTL_BROKER_URL", "--broker", "AMQP URL of the broker"),
+        Key("result_backend", "CELERYCTL_RESULT_BACKEND", "--backend", "Celery result backend URL"),
+        Key("app", "CELERYCTL_APP", "-A/--app", "Celery app, MODULE[:ATTRIBUTE]"),
+        Key("data_dir", "CELERYCTL_DATA_DIR", "--data-dir", "where celeryctl keeps its node"),
+        Key("node", "CELERYCTL_NODE", "--node", "RabbitMQ node name for rabbitmqctl"),
+    )
+}
+
+
+def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME") or Path.home()) / ".local" / "share")
+    return Path(base) / "celeryctl"
+
+
+@dataclass
+class Settings:
+    broker_url: str | None = None
+    result_backend: str = DEFAULT_BACKEND
+    app: str | None = None
+    data_dir: Path = field(default_factory=default_data_dir)
+    node: str | None = None
+    config_file: Path | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def broker(self) -> str:
+        """The broker URL to use: explicit, else celeryctl's running node, else localhost:5672."""
+        if self.broker_url:
+            return self.broker_url
+        from celeryctl.rabbitmq.node import Node  # local: keeps settings import light
+
+        info = Node(self.data_dir / "node").running_info()
+        if info is not None:
+            self.sources.setdefault("broker_url", "celeryctl node")
+            return info.url
+        self.sources.setdefault("broker_url", "default")
+        return FALLBACK_BROKER_URL
+
+    def to_dict(self, *, reveal: bool = False) -> dict[str, Any]:
+        broker = self.broker
+        return {
+            "broker_url": broker if reveal else mask_url(broker),
+            "result_backend": self.result_backend if reveal else mask_url(self.result_backend),
+            "app": self.app,
+            "data_dir": str(self.data_dir),
+            "node": self.node,
+            "config_file": str(self.config_file) if self.config_file else None,
+            "sources": dict(self.sources),
+        }
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a URL (``amqp://user:****@host/vhost``)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:****@{netloc[1]}"))
+
+
+def url_password(url: str) -> str | None:
+    try:
+        pw = urlsplit(url).password
+    except ValueError:
+        return None
+    return unquote(pw) if pw is not None else None
+
+
+def build_amqp_url(user: str, password: str, host: str, port: int, vhost: str) -> str:
+    """An AMQP URL with user, password and vhost percent-encoded (vhost ``/`` becomes ``%2F``)."""
+    return f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{quote(vhost, safe='')}"
+
+
+def find_config_file(
+    explicit: str | os.PathLike[str] | None, env: Mapping[str, str], cwd: Path
+) -> tuple[Path | None, bool]:
+    """Return (path, must_exist)."""
+    if explicit:
+        return Path(explicit), True
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV]), True
+    candidate = cwd / CONFIG_FILENAME
+    return (candidate if candidate.exists() else None), False
+
+
+def _line_of(text: str, key: str) -> int | None:
+    pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", re.MULTILINE)
+    m = pattern.search(text)
+    return text.count("\n", 0, m.start()) + 1 if m else None
+
+
+def read_config_file(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """Parse and validate a settings file; return (values, warnings)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"settings file {path} does not exist",
+            f"create it, or unset {CONFIG_ENV} / drop --config",
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read settings file {path}: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"{path}: invalid TOML: {exc}",
+            'fix the syntax; values are quoted strings, e.g. broker_url = "amqp://..."',
+        ) from None
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        line = _line_of(text, key)
+        where = f"{path}:{line}" if line else str(path)
+        if key not in KEYS:
+            raise ConfigError(
+                f"{where}: unknown key '{key}'",
+                f"known keys: {', '.join(KEYS)}",
+                details={"file": str(path), "line": line, "key": key},
+            )
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"{where}: key '{key}' must be a string, got {type(value).__name__}",
+                f'write it quoted: {key} = "..."',
+                details={"file": str(path), "line": line, "key": key},
+            )
+        values[key] = value
+    warnings: list[str] = []
+    holds_secret = any(url_password(v) for k, v in values.items() if k in ("broker_url", "result_backend"))
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        mode = 0
+    if holds_secret and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        warnings.append(
+            f"{path} holds a password and can be read by other users "
+            f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
+        )
+    return values, warnings
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    config: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Resolve settings: flag > CELERYCTL_* env > settings file > default."""
+    env = os.environ if env is None else env
+    cwd = Path.cwd() if cwd is None else cwd
+    flags = {k: v for k, v in (flags or {}).items() if v is not None and v != ""}
+    unknown = set(flags) - set(KEYS)
+    if unknown:
+        raise ValueError(f"unknown settings keys: {sorted(unknown)}")
+    path, _ = find_config_file(config, env, cwd)
+    file_values: dict[str, Any] = {}
+    warnings: list[str] = []
+    if path is not None:
+        file_values, warnings = read_config_file(path)
+    settings = Settings(config_file=path, warnings=warnings, data_dir=default_data_dir(env))
+    settings.sources = {"result_backend": "default", "data_dir": "default"}
+    for name, key in KEYS.items():
+        if name in flags:
+            value, source = flags[name], f"flag {key.flag}"
+        elif env.get(key.env):
+            value, source = env[key.env], f"env {key.env}"
+        elif name in file_values:
+            value, source = file_values[name], f"file {path}"
+        else:
+            continue
+        if name == "data_dir":
+            value = Path(value).expanduser()
+        setattr(settings, name, value)
+        settings.sources[name] = source
+    if settings.broker_url is not None:
+        validate_broker_url(settings.broker_url, settings.sources["broker_url"])
+    return settings
+
+
+def validate_broker_url(url: str, source: str = "") -> None:
+    where = f" (from {source})" if source else ""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ConfigError(f"broker URL{where} is invalid: {exc}", "use amqp://USER:PASSWORD@HOST:PORT/VHOST") from None
+    if parts.scheme not in ("amqp", "amqps", "pyamqp"):
+        raise ConfigError(
+            f"broker URL{where} has scheme '{parts.scheme or '(none)'}', expected amqp:// or amqps://",
+            "use amqp://USER:PASSWORD@HOST:PORT/VHOST",
+        )
+    if not parts.hostname:
+        raise ConfigError(f"broker URL{where} has no host", "use amqp://USER:PASSWORD@HOST:PORT/VHOST")
+
+
+def _toml_string(value: str) -> str:
+    # A JSON string with ASCII escapes is a valid TOML basic string.
+    import json
+
+    return json.dumps(value, ensure_ascii=True)
+
+
+def save_settings(path: Path, updates: Mapping[str, str]) -> Path:
+    """Set keys in a settings file, keeping its other lines; the file ends up mode 0600."""
+    for key in updates:
+        if key not in KEYS:
+            raise ValueError(f"unknown settings key {key!r}")
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    pending = dict(updates)
+    out: list[str] = []
+    for line in lines:
+        m = re.match(r"^\s*([A-Za-z_]+)\s*=", line)
+        if m and m.group(1) in pending:
+            key = m.group(1)
+            out.append(f"{key} = {_toml_string(pending.pop(key))}")
+        else:
+            out.append(line)
+    out.extend(f"{k} = {_toml_string(v)}" for k, v in pending.items())
+    data = ("\n".join(out) + "\n").encode()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return path
