@@ -140,7 +140,7 @@ def find_config_file(
 
 
 def _line_of(text: str, key: str) -> int | None:
-    pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", re.MULTILINE)
+    pattern = re.compile(rf"^[ \t]*[\"']?{re.escape(key)}[\"']?[ \t]*=", re.MULTILINE)
     m = pattern.search(text)
     return text.count("\n", 0, m.start()) + 1 if m else None
 
@@ -159,8 +159,10 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], list[str]]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"at line (\d+)", str(exc))
+        line = int(m.group(1)) if m else text.count("\n") + 1
         raise ConfigError(
-            f"{path}: invalid TOML: {exc}",
+            f"{path}:{line}: invalid TOML: {exc}",
             'fix the syntax; values are quoted strings, e.g. broker_url = "amqp://..."',
         ) from None
     values: dict[str, Any] = {}

@@ -49,7 +49,8 @@ class NodeInfo:
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@{HOST}:{self.port}//"
+        # "%2F" (not "//") so that pika and kombu both read vhost "/"
+        return f"amqp://guest:guest@{HOST}:{self.port}/%2F"
 
     @property
     def management_url(self) -> str | None:
@@ -216,9 +217,15 @@ class Node:
 
     # ----------------------------------------------------------------- start / stop
     def _prepare(self, info: NodeInfo, management: bool) -> None:
-        for d in (self.dir, self.home, self.log_dir, self.dir / "mnesia"):
-            d.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)
+        try:
+            for d in (self.dir, self.home, self.log_dir, self.dir / "mnesia"):
+                d.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.dir, 0o700)
+        except OSError as exc:
+            raise NodeError(
+                f"cannot use {self.dir} for the node: {exc.strerror or exc}",
+                "choose another directory with --data-dir (or CELERYCTL_DATA_DIR)",
+            ) from None
         cookie = self.home / ".erlang.cookie"
         if not cookie.exists():
             value = "".join(secrets.choice(string.ascii_uppercase) for _ in range(32))
