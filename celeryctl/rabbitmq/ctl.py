@@ -205,13 +205,18 @@ def classify_failure(result: CtlResult, node: str | None) -> Exception:
     low = text.lower()
     target = node or "the local node"
     common = {"argv": result.argv, "returncode": result.returncode, "stderr": result.stderr}
+    # Every 3.x "unable to perform an operation" message lists "Erlang cookie not matching" among
+    # the common reasons, so only the DIAGNOSTICS lines tell a cookie mismatch from a stopped node.
     if (
         "invalid_cookie" in low
         or ("cookie" in low and "authentication failed" in low)
-        or ("erlang cookie" in low and "not" in low and "match" in low)
+        or "tcp connection succeeded but erlang distribution failed" in low
+        or "check if the erlang cookie is identical" in low
     ):
+        not_root = node is None and hasattr(os, "geteuid") and os.geteuid() != 0
         return PermissionDeniedError(
-            f"{tool} was refused by {target}: the Erlang cookie does not match",
+            f"{tool} was refused by {target}: the Erlang cookie does not match"
+            + (" (you are not root: the system node's cookie is readable by root and rabbitmq only)" if not_root else ""),
             "run as the user that owns the node (sudo for the system node), or use the node's HOME",
             details=common,
         )
