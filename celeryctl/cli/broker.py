@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from celeryctl import render
 from celeryctl.cli.options import DataDirOpt, JsonOpt, resolve
-from celeryctl.rabbitmq.node import Node
+
+if TYPE_CHECKING:
+    from celeryctl.rabbitmq.node import Node
 
 app = typer.Typer(
     help="Install RabbitMQ and run celeryctl's private node (no root needed).",
@@ -18,6 +20,8 @@ app = typer.Typer(
 
 
 def _node(data_dir: object) -> Node:
+    from celeryctl.rabbitmq.node import Node
+
     settings = resolve(data_dir=data_dir)
     return Node(settings.data_dir / "node")
 
