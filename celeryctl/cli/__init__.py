@@ -60,6 +60,13 @@ def root(
 from celeryctl.cli import broker  # noqa: E402
 
 app.add_typer(broker.app, name="broker")
+from celeryctl.cli import demo as demo_cmd  # noqa: E402
+from celeryctl.cli import submit as submit_cmd  # noqa: E402
+from celeryctl.cli import worker as worker_cmd  # noqa: E402
+
+app.command("worker", context_settings={"allow_interspersed_args": True})(worker_cmd.worker)
+app.command("submit")(submit_cmd.submit)
+app.command("demo")(demo_cmd.demo)
 
 
 def _wants_json(argv: list[str]) -> bool:

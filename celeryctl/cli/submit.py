@@ -1,0 +1,253 @@
+"""celeryctl submit: enqueue a task (confirmed by the broker) and optionally wait with a live display."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+
+from celeryctl import render
+from celeryctl.cli.options import AppOpt, BackendOpt, BrokerOpt, DataDirOpt, JsonOpt, VerboseOpt, resolve
+from celeryctl.errors import ExitCode, UsageError
+
+
+def submit(
+    task: Annotated[str, typer.Argument(help="Task name: short (add) or full (test_celery.tasks.longtime_add).")],
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(help="Positional arguments; each is read as JSON when it parses (1, true, \"x\"), else as a string."),
+    ] = None,
+    kw: Annotated[
+        list[str] | None,
+        typer.Option("--kw", "-k", help="Keyword argument KEY=VALUE (VALUE read as JSON when it parses); repeatable.", show_default=False),
+    ] = None,
+    kwargs_json: Annotated[
+        str | None, typer.Option("--kwargs", help='Keyword arguments as one JSON object, e.g. {"seconds": 2}.', show_default=False)
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", "-w", help="Wait for the result, with a live display on stderr.")] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", "-t", help="With --wait: give up waiting after this many seconds (exit 8).", show_default=False),
+    ] = None,
+    countdown: Annotated[
+        float | None, typer.Option("--countdown", help="Run no earlier than this many seconds from now.", show_default=False)
+    ] = None,
+    eta: Annotated[
+        str | None,
+        typer.Option("--eta", help="Run no earlier than this ISO 8601 time (UTC when no zone is given).", show_default=False),
+    ] = None,
+    queue: Annotated[str | None, typer.Option("--queue", "-Q", help="Queue to send to (default: the app's routing).", show_default=False)] = None,
+    priority: Annotated[int | None, typer.Option("--priority", help="Message priority 0-9.", show_default=False)] = None,
+    count: Annotated[int, typer.Option("--count", "-n", help="Submit this many copies (progress bars for publishing and, with --wait, completion).")] = 1,
+    app_spec: AppOpt = None,
+    broker: BrokerOpt = None,
+    backend: BackendOpt = None,
+    data_dir: DataDirOpt = None,
+    json_: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Submit a task; print its id once the broker confirmed it, or with --wait its result.
+
+    With --wait the task's state (PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE), a
+    progress bar (when the task reports current/total) and the elapsed time show on stderr;
+    the result is printed on stdout as JSON.  A failed task exits 1, --timeout exits 8,
+    Ctrl-C stops waiting (exit 130) and leaves the task running.
+    """
+    from celeryctl import submit as core
+    from celeryctl.celeryapp import explicit_keys, load_app, resolve_task_name
+
+    # Argument errors first: they must not pay for importing Celery.
+    if count < 1:
+        raise UsageError(f"--count must be at least 1, got {count}")
+    if countdown is not None and eta is not None:
+        raise UsageError("--countdown and --eta cannot be used together", "pick one")
+    if timeout is not None and timeout <= 0:
+        raise UsageError(f"--timeout must be positive, got {timeout:g}")
+    core.check_priority(priority)
+    task_args = core.parse_args(args)
+    task_kwargs = core.parse_kwargs(kw, kwargs_json)
+    eta_time = core.parse_eta(eta) if eta is not None else None
+
+    settings = resolve(broker_url=broker, result_backend=backend, app=app_spec, data_dir=data_dir)
+    app = load_app(settings.app, settings, explicit=explicit_keys(settings))
+    core.prepare_client(app)
+    name = resolve_task_name(app, task)
+    core.check_broker(app)
+    options: dict[str, Any] = {"countdown": countdown, "eta": eta_time, "queue": queue, "priority": priority}
+
+    if count > 1:
+        _submit_many(app, name, task_args, task_kwargs, count, options, wait=wait, timeout=timeout, json_=json_)
+        return
+
+    result = core.send(app, name, task_args, task_kwargs, **options)
+    task_id = str(result.id)
+    if not wait:
+        if json_:
+            render.emit_json(render.ok_doc(task_id=task_id, task=name, state="SENT"))
+        else:
+            render.out.print(task_id)
+        return
+    try:
+        with _live_state(name, task_id, quiet=json_) as on_event:
+            outcome = core.wait(app, result, name=name, timeout=timeout, on_event=on_event)
+    except KeyboardInterrupt:
+        render.err.print(f"stopped waiting; task {task_id} keeps running")
+        render.out.print(task_id)
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    if not outcome.ok:
+        raise core.failure_error(outcome, verbose=verbose)
+    if json_:
+        render.emit_json(render.ok_doc(**outcome.to_dict()))
+    else:
+        render.out.print(json.dumps(outcome.result, default=str), markup=False)
+
+
+def _submit_many(
+    app: Any,
+    name: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    count: int,
+    options: dict[str, Any],
+    *,
+    wait: bool,
+    timeout: float | None,
+    json_: bool,
+) -> None:
+    from celeryctl import submit as core
+
+    with _bar(f"publishing {count} x {name}", count, quiet=json_) as advance:
+        batch = core.send_many(app, name, args, kwargs, count, on_published=lambda n: advance(n, ""), **options)
+    if not json_:
+        render.info(
+            f"submitted {batch.submitted} tasks in {batch.publish_seconds:.2f} s "
+            f"({batch.submitted / max(batch.publish_seconds, 1e-9):,.0f}/s, confirmed by the broker)"
+        )
+    if not wait:
+        if json_:
+            render.emit_json(render.ok_doc(**batch.to_dict(waited=False, with_ids=True)))
+        else:
+            render.out.print("\n".join(batch.ids), markup=False)
+        return
+    try:
+        with _bar("running", count, quiet=json_) as advance:
+
+            def on_progress(done: int, failed: int) -> None:
+                advance(done + failed, f"failed {failed}" if failed else "")
+
+            core.wait_many(app, batch, timeout=timeout, on_progress=on_progress)
+    except KeyboardInterrupt:
+        render.err.print(f"stopped waiting; {count} tasks were submitted and keep running")
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    doc = batch.to_dict(waited=True)
+    if json_:
+        render.emit_json(render.ok_doc(**doc))
+    else:
+        render.out.print(
+            f"succeeded {batch.succeeded}, failed {batch.failed} of {batch.submitted} "
+            f"in {batch.seconds:.2f} s ({doc['rate']:,}/s)"
+        )
+    if batch.failed:
+        raise typer.Exit(int(ExitCode.FAILED))
+
+
+# --------------------------------------------------------------------------- displays
+
+
+@contextmanager
+def _bar(label: str, total: int, *, quiet: bool) -> Iterator[Callable[[int, str], None]]:
+    """A progress bar (done/total, rate) on stderr when it is a terminal; else nothing."""
+    if quiet or not render.err.is_terminal:
+        yield lambda _n, _note: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("[red]{task.fields[note]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=render.err, transient=False) as progress:
+        bar = progress.add_task(label, total=total, rate="", note="")
+
+        def advance(n: int, note: str) -> None:
+            elapsed = progress.tasks[0].elapsed or 0.0
+            rate = f"{n / elapsed:,.0f}/s" if elapsed > 0 else ""
+            progress.update(bar, completed=n, rate=rate, note=note)
+
+        yield advance
+
+
+_STATE_STYLE = {
+    "PENDING": "dim",
+    "STARTED": "cyan",
+    "PROGRESS": "cyan",
+    "RETRY": "yellow",
+    "SUCCESS": "green",
+    "FAILURE": "red",
+    "REVOKED": "red",
+}
+
+
+@contextmanager
+def _live_state(name: str, task_id: str, *, quiet: bool) -> Iterator[Callable[[Any], None]]:
+    """Show a task's state: a live line with a bar when stderr is a terminal, else one line per change."""
+    if quiet:
+        yield lambda _e: None
+        return
+    if not render.err.is_terminal:
+        last: list[str] = []
+
+        def plain(event: Any) -> None:
+            if event.tick:
+                return
+            line = f"{event.state}"
+            if event.current is not None and event.total:
+                line += f" {event.current:g}/{event.total:g}"
+            if event.state == "RETRY" and isinstance(event.meta, dict):
+                line += f" ({event.meta.get('exc_type', '')}: {event.meta.get('exc_message', '')})"
+            if not last or last[-1] != line:
+                last.append(line)
+                render.err.print(f"{name}[{task_id}] {line} ({event.elapsed:.1f} s)", markup=False)
+
+        yield plain
+        return
+
+    from rich.markup import escape
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        TextColumn("{task.fields[state]}"),
+        BarColumn(),
+        TextColumn("{task.fields[step]}"),
+        TimeElapsedColumn(),
+        console=render.err,
+        transient=False,
+    )
+    retries = [0]
+    with progress:
+        bar = progress.add_task(escape(f"{name}[{task_id[:8]}]"), total=None, state="PENDING", step="")
+
+        def live(event: Any) -> None:
+            style = _STATE_STYLE.get(event.state, "")
+            if event.state == "RETRY" and not event.tick:
+                retries[0] += 1
+            state = f"[{style}]{escape(event.state)}[/]" if style else escape(event.state)
+            if retries[0]:
+                state += f" [yellow](retries {retries[0]})[/]"
+            fields: dict[str, Any] = {"state": state}
+            if event.current is not None and event.total:
+                fields.update(total=event.total, completed=event.current, step=f"{event.current:g}/{event.total:g}")
+            elif event.state == "SUCCESS":
+                task = progress.tasks[0]
+                fields.update(total=task.total or 1, completed=task.total or 1)
+            progress.update(bar, **fields)
+
+        yield live

@@ -1,0 +1,101 @@
+"""celeryctl worker: run a Celery worker with durable defaults and a banner."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from celeryctl import render
+from celeryctl.cli.options import AppOpt, BackendOpt, BrokerOpt, DataDirOpt, resolve
+
+
+def worker(
+    extra: Annotated[
+        list[str] | None,
+        typer.Argument(help="Options for Celery's own worker, after --, e.g. -- --max-tasks-per-child 100"),
+    ] = None,
+    app_spec: AppOpt = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option("--concurrency", "-c", help="Worker processes (default: the number of CPUs).", show_default=False),
+    ] = None,
+    queues: Annotated[
+        list[str] | None,
+        typer.Option("--queues", "-Q", help="Queues to consume, comma-separated or repeated (default celery).", show_default=False),
+    ] = None,
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="DEBUG, INFO, WARNING, ERROR or CRITICAL.")] = "INFO",
+    pool: Annotated[
+        str | None,
+        typer.Option("--pool", "-P", help="prefork (default), solo, threads, eventlet or gevent.", show_default=False),
+    ] = None,
+    hostname: Annotated[
+        str | None, typer.Option("--hostname", "-n", help="Node name, e.g. w1@%h (default celery@HOST).", show_default=False)
+    ] = None,
+    beat: Annotated[bool, typer.Option("--beat", "-B", help="Also run the beat scheduler in this worker.")] = False,
+    wait_for_broker: Annotated[
+        float,
+        typer.Option("--wait-for-broker", help="Keep trying to reach the broker for this many seconds before giving up."),
+    ] = 0.0,
+    durable: Annotated[
+        bool,
+        typer.Option(
+            "--durable-defaults/--celery-defaults",
+            help="Late acks, re-queue on a lost worker, prefetch 1, events on (only where the app keeps Celery's defaults).",
+        ),
+    ] = True,
+    broker: BrokerOpt = None,
+    backend: BackendOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run a Celery worker in this process for the demo app or your app (-A).
+
+    Tasks are acknowledged after they ran and re-queued if a worker process dies; each process
+    takes one task at a time; task events are on.  SIGTERM or Ctrl-C: warm shutdown (running
+    tasks finish).  A broker that cannot be reached is an error within seconds (exit 6).
+    """
+    from celeryctl import worker as core
+    from celeryctl.celeryapp import explicit_keys, load_app
+
+    settings = resolve(broker_url=broker, result_backend=backend, app=app_spec, data_dir=data_dir)
+    app = load_app(settings.app, settings, explicit=explicit_keys(settings))
+    plan = core.prepare(
+        app,
+        concurrency=concurrency,
+        queues=queues,
+        loglevel=loglevel,
+        pool=pool,
+        hostname=hostname,
+        beat=beat,
+        extra=extra,
+        wait_for_broker=wait_for_broker,
+        durable=durable,
+    )
+    _banner(plan)
+    code = core.run(app, plan)
+    if code:
+        raise typer.Exit(code)
+
+
+def _banner(plan: object) -> None:
+    from rich.markup import escape
+    from rich.panel import Panel
+    from rich.table import Table
+
+    from celeryctl.worker import WorkerPlan
+
+    assert isinstance(plan, WorkerPlan)
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("app", escape(plan.app))
+    table.add_row("broker", escape(plan.broker))
+    table.add_row("results", escape(plan.backend))
+    table.add_row("queues", escape(", ".join(plan.queues)))
+    table.add_row("concurrency", f"{plan.concurrency} ({escape(plan.pool)})")
+    if plan.beat:
+        table.add_row("beat", "on")
+    if plan.applied_defaults:
+        table.add_row("defaults", escape(", ".join(f"{k}={v}" for k, v in plan.applied_defaults.items())))
+    table.add_row("tasks", escape("\n".join(plan.tasks) or "(none registered)"))
+    render.err.print(Panel(table, title="celeryctl worker", expand=False))
