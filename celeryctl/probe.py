@@ -311,3 +311,52 @@ def check_access(url: str, timeout: float = 2.0, *, check_permissions: bool = Tr
                 conn.close()
         except Exception:  # noqa: BLE001, S110 - closing a broken connection
             pass
+
+
+# --------------------------------------------------------------------------- TCP reachability
+
+
+@dataclass
+class TcpResult:
+    """Whether ``host`` resolves and ``port`` accepts a TCP connection."""
+
+    ok: bool
+    seconds: float
+    address: str | None = None  # the IP address that answered
+    error: str | None = None
+    kind: str | None = None  # refused | timeout | dns | closed
+
+
+def tcp_connect(host: str, port: int, timeout: float = 2.0) -> TcpResult:
+    """Resolve ``host`` and open (then close) a TCP connection to ``port`` within ``timeout``."""
+    started = time.monotonic()
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return TcpResult(False, time.monotonic() - started, error=f"cannot resolve {host}: {exc.strerror}", kind="dns")
+    last: TcpResult | None = None
+    for family, socktype, proto, _canon, sockaddr in infos:
+        remaining = timeout - (time.monotonic() - started)
+        if remaining <= 0:
+            break
+        sock = socket.socket(family, socktype, proto)
+        sock.settimeout(remaining)
+        try:
+            sock.connect(sockaddr)
+            return TcpResult(True, time.monotonic() - started, address=str(sockaddr[0]))
+        except ConnectionRefusedError:
+            last = TcpResult(False, 0.0, str(sockaddr[0]), f"connection refused by {host}:{port}", "refused")
+        except TimeoutError:
+            last = TcpResult(
+                False, 0.0, str(sockaddr[0]), f"{host}:{port} did not answer within {timeout:g} s", "timeout"
+            )
+        except OSError as exc:
+            last = TcpResult(
+                False, 0.0, str(sockaddr[0]), f"cannot connect to {host}:{port}: {exc.strerror or exc}", "closed"
+            )
+        finally:
+            sock.close()
+    if last is None:
+        last = TcpResult(False, 0.0, None, f"{host}:{port} did not answer within {timeout:g} s", "timeout")
+    last.seconds = time.monotonic() - started
+    return last

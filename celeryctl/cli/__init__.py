@@ -60,6 +60,9 @@ def root(
 from celeryctl.cli import broker  # noqa: E402
 
 app.add_typer(broker.app, name="broker")
+from celeryctl.cli import doctor as doctor_cmd  # noqa: E402
+
+app.command("doctor")(doctor_cmd.doctor)
 from celeryctl.cli import demo as demo_cmd  # noqa: E402
 from celeryctl.cli import submit as submit_cmd  # noqa: E402
 from celeryctl.cli import worker as worker_cmd  # noqa: E402

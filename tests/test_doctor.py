@@ -1,0 +1,403 @@
+"""celeryctl doctor against the real RabbitMQ node and real worker processes.
+
+Each scenario runs the CLI twice: with --json (one document, parsed) and as a table; neither
+may print a traceback.  Names (vhosts, users, queues, workers) are unique per module run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celeryctl.doctor import TITLES, parse_broker, version_problems
+from celeryctl.rabbitmq.node import Node, pick_free_port
+from celeryctl.settings import build_amqp_url
+from tests.conftest import REPO, CliResult, CliRun, RabbitNode, wait_for
+
+TAG = uuid.uuid4().hex[:8]
+
+APP_MODULE = """
+from celery import Celery
+
+app = Celery("docapp")
+app.conf.task_routes = {"docapp.stuck": {"queue": "stuckq"}}
+
+
+@app.task(name="docapp.add")
+def add(x, y):
+    return x + y
+
+
+@app.task(name="docapp.stuck")
+def stuck():
+    return 1
+"""
+
+
+def doctor(
+    cli: CliRun, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, table: bool = True
+) -> tuple[CliResult, dict[str, dict[str, Any]]]:
+    """Run doctor --json (and, with ``table``, as a table too); return the JSON run and checks by name."""
+    res = cli("doctor", "--json", *args, env=env, cwd=cwd)
+    assert "Traceback" not in res.output, res.output
+    doc = res.json()
+    assert [c["name"] for c in doc["checks"]] == list(TITLES)
+    assert all(c["status"] in ("ok", "warn", "fail", "skip") for c in doc["checks"])
+    assert doc["ok"] is (res.returncode == 0)
+    assert res.returncode in (0, 1), res.output
+    if table:
+        plain = cli("doctor", *args, env=env, cwd=cwd)
+        assert "Traceback" not in plain.output, plain.output
+        assert plain.returncode == res.returncode, plain.output
+        for title in ("TCP connection", "permissions", "workers", "local node"):
+            assert title in plain.stdout
+    return res, {c["name"]: c for c in doc["checks"]}
+
+
+def statuses(checks: dict[str, dict[str, Any]]) -> dict[str, str]:
+    return {name: c["status"] for name, c in checks.items()}
+
+
+def no_secret(res: CliResult, *secrets: str) -> None:
+    for secret in secrets:
+        assert secret not in res.output
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def vhosts(rabbit: RabbitNode) -> Iterator[dict[str, str]]:
+    """Two vhosts open to guest: 'busy' gets a worker, 'idle' does not."""
+    runner = rabbit.runner()
+    names = {"busy": f"doctor-busy-{TAG}", "idle": f"doctor-idle-{TAG}"}
+    for name in names.values():
+        runner.run("add_vhost", name)
+        runner.run("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    yield {key: build_amqp_url("guest", "guest", "127.0.0.1", rabbit.port, name) for key, name in names.items()}
+    for name in names.values():
+        runner.run("delete_vhost", name, check=False)
+
+
+@pytest.fixture(scope="module")
+def worker(vhosts: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real worker of the built-in demo app on the 'busy' vhost (plain celery CLI)."""
+    log = tmp_path_factory.mktemp("doctor-worker") / "worker.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERYCTL_", "CELERY_"))}
+    env.update(CELERY_BROKER_URL=vhosts["busy"], CELERY_RESULT_BACKEND="rpc://", PYTHONPATH=str(REPO))
+    name = f"doctor-{TAG}"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "celeryctl.demo:app", "worker", "-c", "1", "--without-mingle",
+             "--without-gossip", "-Q", "celery", "-n", f"{name}@%h", "--loglevel", "INFO"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent,
+        )  # fmt: skip
+    try:
+
+        def ready() -> bool:
+            assert proc.poll() is None, log.read_text(errors="replace")
+            return " ready." in log.read_text(errors="replace")
+
+        wait_for(ready, timeout=60, what="the worker to be ready")
+        yield name
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "app"
+    d.mkdir()
+    (d / "docapp.py").write_text(APP_MODULE)
+    return d
+
+
+def own_node_env(rabbit: RabbitNode, url: str) -> dict[str, str]:
+    return {"CELERYCTL_DATA_DIR": str(rabbit.data_dir), "CELERYCTL_BROKER_URL": url}
+
+
+# --------------------------------------------------------------------------- healthy
+
+
+def test_healthy_with_a_worker_is_all_ok(cli: CliRun, rabbit: RabbitNode, vhosts: dict[str, str], worker: str) -> None:
+    res, checks = doctor(cli, "--strict", env=own_node_env(rabbit, vhosts["busy"]))
+    assert statuses(checks) == dict.fromkeys(TITLES, "ok"), res.stdout
+    assert res.returncode == 0
+    assert checks["handshake"]["data"]["version"] == "3.10.8"
+    assert checks["permissions"]["data"]["round_trip_ms"] > 0
+    workers = checks["workers"]["data"]["workers"]
+    assert [w["queues"] for w in workers if w["name"].startswith(worker + "@")] == [["celery"]]
+    assert checks["app"]["data"]["spec"] == "celeryctl.demo:app"
+    assert checks["app"]["data"]["tasks"]
+    assert checks["backend"]["data"]["backend"] == "RPCBackend"
+    assert checks["local_node"]["data"]["celeryctl_node"] is True
+    assert checks["alarms"]["detail"] == "no alarms (node asked)"
+    assert checks["settings"]["data"]["sources"]["broker_url"] == "env CELERYCTL_BROKER_URL"
+    no_secret(res, "guest:guest")
+
+
+def test_verbose_says_where_each_setting_came_from(
+    cli: CliRun, rabbit: RabbitNode, vhosts: dict[str, str], worker: str
+) -> None:
+    res = cli("doctor", "-v", "--backend", "rpc://", env=own_node_env(rabbit, vhosts["busy"]))
+    assert res.returncode == 0, res.output
+    assert "Traceback" not in res.output
+    assert "broker_url from env CELERYCTL_BROKER_URL" in res.stdout
+    assert "result_backend from flag --backend" in res.stdout
+    assert "healthy" in res.stdout
+    assert "guest:guest" not in res.output
+
+
+def test_healthy_without_a_worker_warns_on_workers(cli: CliRun, rabbit: RabbitNode, vhosts: dict[str, str]) -> None:
+    env = own_node_env(rabbit, vhosts["idle"])
+    res, checks = doctor(cli, "--ping-timeout", "0.3", env=env)
+    assert res.returncode == 0
+    assert checks["workers"]["status"] == "warn"
+    assert "no worker answered" in checks["workers"]["detail"]
+    assert "celeryctl worker" in checks["workers"]["hint"]
+    others = {n: s for n, s in statuses(checks).items() if n != "workers"}
+    assert set(others.values()) == {"ok"}, others
+    strict = cli("doctor", "--json", "--strict", "--ping-timeout", "0.3", env=env)
+    assert strict.returncode == 1 and strict.json()["ok"] is False
+
+
+def test_queue_with_messages_and_no_consumer_warns(
+    cli: CliRun, rabbit: RabbitNode, vhosts: dict[str, str], app_dir: Path
+) -> None:
+    import pika
+
+    from celeryctl.probe import connection_parameters
+
+    queue = "stuckq"
+    conn = pika.BlockingConnection(connection_parameters(vhosts["idle"]))
+    try:
+        ch = conn.channel()
+        ch.queue_declare(queue=queue, durable=True)
+        for i in range(3):
+            ch.basic_publish("", queue, f"m{i}".encode())
+        wait_for(lambda: ch.queue_declare(queue=queue, passive=True).method.message_count == 3, timeout=10)
+        res, checks = doctor(
+            cli, "-A", "docapp", "--ping-timeout", "0.3", env=own_node_env(rabbit, vhosts["idle"]), cwd=app_dir
+        )
+    finally:
+        ch.queue_delete(queue=queue)
+        conn.close()
+    assert checks["app"]["status"] == "ok"
+    assert checks["app"]["data"]["queues"] == ["celery", "stuckq"]
+    assert checks["queues"]["status"] == "warn"
+    assert "'stuckq' (3)" in checks["queues"]["detail"]
+    assert "celeryctl worker -Q stuckq" in checks["queues"]["hint"]
+    depth = {q["name"]: q for q in checks["queues"]["data"]["queues"]}
+    assert depth["stuckq"]["messages"] == 3 and depth["stuckq"]["consumers"] == 0
+    assert checks["workers"]["status"] == "warn"
+    assert res.returncode == 0
+
+
+def test_a_worker_that_misses_a_routed_queue_is_named(
+    cli: CliRun, rabbit: RabbitNode, vhosts: dict[str, str], worker: str, app_dir: Path
+) -> None:
+    res, checks = doctor(cli, "-A", "docapp", env=own_node_env(rabbit, vhosts["busy"]), cwd=app_dir, table=False)
+    assert checks["workers"]["status"] == "warn"
+    assert checks["workers"]["data"]["unserved_queues"] == ["stuckq"]
+    assert "stuckq" in checks["workers"]["hint"]
+
+
+def test_the_apps_own_broker_is_the_one_checked(
+    cli: CliRun, rabbit: RabbitNode, vhosts: dict[str, str], app_dir: Path
+) -> None:
+    (app_dir / "ownbroker.py").write_text(
+        f"from celery import Celery\napp = Celery('ownbroker', broker={vhosts['idle']!r})\n"
+        "@app.task(name='ownbroker.t')\ndef t():\n    return 1\n"
+    )
+    res, checks = doctor(cli, "-A", "ownbroker", "--ping-timeout", "0.2", cwd=app_dir, table=False)
+    assert "the app sets its own broker" in checks["settings"]["detail"]
+    assert checks["tcp"]["status"] == "ok" and checks["permissions"]["status"] == "ok"
+    assert f":{rabbit.port}/" in res.json()["broker_url"]
+
+
+# --------------------------------------------------------------------------- the broker is not there
+
+
+def test_nothing_listening_on_the_port(cli: CliRun) -> None:
+    port = pick_free_port([], set())
+    res, checks = doctor(cli, "--broker", f"amqp://guest:guest@127.0.0.1:{port}//")
+    assert res.returncode == 1
+    assert checks["tcp"]["status"] == "fail"
+    assert checks["tcp"]["data"]["kind"] == "refused"
+    assert "celeryctl broker start" in checks["tcp"]["hint"]
+    for name in ("handshake", "auth", "vhost", "permissions", "alarms", "backend", "workers", "queues"):
+        assert checks[name]["status"] == "skip", name
+    assert checks["app"]["status"] == "ok"
+    assert checks["versions"]["status"] == "ok"
+    assert [c for c in checks.values() if c["status"] == "fail"] == [checks["tcp"]]
+
+
+def test_broker_stopped(cli: CliRun, tmp_path: Path) -> None:
+    data_dir = tmp_path / "stopped"
+    node = Node(data_dir / "node")
+    info, _ = node.start(pick_free_port([], set()))
+    node.stop()
+    env = {"CELERYCTL_DATA_DIR": str(data_dir)}
+    res, checks = doctor(cli, "--broker", info.url, env=env)
+    assert res.returncode == 1
+    assert checks["tcp"]["status"] == "fail" and checks["tcp"]["data"]["kind"] == "refused"
+    local = checks["local_node"]
+    assert local["status"] == "fail"
+    assert "is not running" in local["detail"] and info.name in local["detail"]
+    assert local["hint"] == "start it: celeryctl broker start"
+    assert checks["workers"]["status"] == "skip"
+
+
+def test_a_port_that_never_answers_times_out(cli: CliRun) -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])  # accept, never send a byte
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        port = server.getsockname()[1]
+        res, checks = doctor(cli, "--timeout", "0.5", "--broker", f"amqp://guest:guest@127.0.0.1:{port}//", table=False)
+    finally:
+        stop.set()
+        thread.join(5)
+        for s in held:
+            s.close()
+        server.close()
+    assert res.returncode == 1
+    assert checks["tcp"]["status"] == "ok"
+    assert checks["handshake"]["status"] == "fail"
+    assert checks["handshake"]["data"]["kind"] == "timeout"
+    assert checks["auth"]["status"] == "skip"
+
+
+# --------------------------------------------------------------------------- credentials and permissions
+
+
+def test_wrong_password(cli: CliRun, rabbit: RabbitNode, vhosts: dict[str, str]) -> None:
+    url = vhosts["idle"].replace("guest:guest@", "guest:not-the-password@")
+    res, checks = doctor(cli, env=own_node_env(rabbit, url))
+    assert res.returncode == 1
+    assert checks["handshake"]["status"] == "ok"
+    assert checks["auth"]["status"] == "fail"
+    assert "wrong user name or password" in checks["auth"]["detail"]
+    assert "setup-broker" in checks["auth"]["hint"]
+    assert checks["vhost"]["status"] == "skip" and checks["permissions"]["status"] == "skip"
+    assert checks["local_node"]["status"] == "ok"
+    no_secret(res, "not-the-password")
+
+
+def test_unknown_vhost(cli: CliRun, rabbit: RabbitNode) -> None:
+    vhost = f"doctor-missing-{TAG}"
+    url = build_amqp_url("guest", "guest", "127.0.0.1", rabbit.port, vhost)
+    res, checks = doctor(cli, env=own_node_env(rabbit, url))
+    assert res.returncode == 1
+    assert checks["auth"]["status"] == "ok"
+    assert checks["vhost"]["status"] == "fail"
+    assert "does not exist" in checks["vhost"]["detail"]
+    assert f"add_vhost {vhost}" in checks["vhost"]["hint"]
+    assert checks["permissions"]["status"] == "skip"
+
+
+@pytest.fixture(scope="module")
+def users(rabbit: RabbitNode, vhosts: dict[str, str]) -> Iterator[dict[str, str]]:
+    """'none': a user with no permission on the idle vhost; 'readonly': may only read there."""
+    runner = rabbit.runner()
+    vhost = f"doctor-idle-{TAG}"
+    urls = {}
+    for kind in ("none", "readonly"):
+        user, password = f"doctor-{kind}-{TAG}", uuid.uuid4().hex
+        runner.run("add_user", user, stdin=password + "\n", secrets=[password])
+        if kind == "readonly":
+            runner.run("set_permissions", "-p", vhost, user, "^$", "^$", ".*")
+        urls[kind] = build_amqp_url(user, password, "127.0.0.1", rabbit.port, vhost)
+    yield urls
+    for kind in urls:
+        runner.run("delete_user", f"doctor-{kind}-{TAG}", check=False)
+
+
+def test_user_without_permission_on_the_vhost(cli: CliRun, rabbit: RabbitNode, users: dict[str, str]) -> None:
+    res, checks = doctor(cli, env=own_node_env(rabbit, users["none"]))
+    assert res.returncode == 1
+    assert checks["auth"]["status"] == "ok"
+    assert checks["vhost"]["status"] == "fail"
+    assert "has no access to virtual host" in checks["vhost"]["detail"]
+    assert "set_permissions" in checks["vhost"]["hint"]
+    assert checks["permissions"]["status"] == "skip"
+    no_secret(res, parse_broker(users["none"]).url.split(":")[2].split("@")[0])
+
+
+def test_read_only_user_names_configure_and_write(cli: CliRun, rabbit: RabbitNode, users: dict[str, str]) -> None:
+    res, checks = doctor(cli, "--ping-timeout", "0.3", env=own_node_env(rabbit, users["readonly"]))
+    assert res.returncode == 1
+    perms = checks["permissions"]
+    assert perms["status"] == "fail"
+    assert perms["data"]["missing"] == ["configure", "write"]
+    assert perms["data"]["read"] is True
+    assert "configure and write" in perms["detail"]
+    assert "set_permissions" in perms["hint"]
+    assert checks["auth"]["status"] == "ok" and checks["vhost"]["status"] == "ok"
+    # The same cause is not reported twice: the ping and the rpc reply path are skipped.
+    assert checks["workers"]["status"] == "skip" and checks["backend"]["status"] == "skip"
+    assert [c["name"] for c in checks.values() if c["status"] == "fail"] == ["permissions"]
+
+
+# --------------------------------------------------------------------------- settings, versions, start-up
+
+
+def test_broken_settings_file_is_a_failed_check(cli: CliRun, tmp_path: Path) -> None:
+    work = tmp_path / "broken"
+    work.mkdir()
+    (work / "celeryctl.toml").write_text('broker_url = "amqp://localhost//"\ncolour = "blue"\n')
+    res, checks = doctor(cli, cwd=work)
+    assert res.returncode == 1
+    assert checks["settings"]["status"] == "fail"
+    assert "unknown key 'colour'" in checks["settings"]["detail"]
+    assert checks["tcp"]["status"] == "skip" and checks["app"]["status"] == "skip"
+
+
+def test_known_bad_version_combinations() -> None:
+    warns, notes = version_problems("5.4.0", "5.3.7", "3.7.28", (3, 11))
+    assert any("kombu 5.3.7" in w for w in warns)
+    assert any("RabbitMQ 3.7.28" in w for w in warns)
+    assert version_problems("5.7.0", "5.7.0", "3.10.8", (3, 11))[0] == []
+    assert any("consumer_timeout" in n for n in version_problems("5.7.0", "5.7.0", "3.10.8", (3, 11))[1])
+    assert any("Python 3.12" in w for w in version_problems("5.2.7", "5.2.4", "3.12.0", (3, 12))[0])
+
+
+def test_doctor_help_does_not_import_celery_kombu_or_pika() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "celeryctl", "doctor", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "--ping-timeout" in proc.stdout
+    heavy = [line for line in proc.stderr.splitlines() if line.split("|")[-1].strip() in ("celery", "kombu", "pika")]
+    assert heavy == []
