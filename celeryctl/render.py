@@ -34,6 +34,11 @@ def __getattr__(name: str) -> Console:
     return _consoles[name]
 
 
+def _err() -> Console:
+    # Module __getattr__ serves other modules only; code in this module gets the console here.
+    return __getattr__("err")
+
+
 def escape(text: str) -> str:
     from rich.markup import escape as _escape
 
@@ -57,19 +62,19 @@ def error_doc(error: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_error(message: str, hint: str | None = None, details: list[str] | None = None) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}")
+    _err().print(f"[bold red]error:[/] {escape(message)}")
     for line in details or []:
-        err.print(f"  [dim]{escape(line)}[/]")
+        _err().print(f"  [dim]{escape(line)}[/]")
     if hint:
-        err.print(f"[yellow]hint:[/] {escape(hint)}")
+        _err().print(f"[yellow]hint:[/] {escape(hint)}")
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {escape(message)}")
+    _err().print(f"[yellow]warning:[/] {escape(message)}")
 
 
 def info(message: str) -> None:
-    err.print(escape(message))
+    _err().print(escape(message))
 
 
 @contextmanager
@@ -81,13 +86,13 @@ def spinner(message: str, *, quiet: bool = False) -> Iterator[Any]:
     if quiet:
         yield lambda _msg: None
         return
-    if not err.is_terminal:
+    if not _err().is_terminal:
 
         def update(msg: str) -> None:
-            err.print(escape(msg))
+            _err().print(escape(msg))
 
         update(message)
         yield update
         return
-    with err.status(escape(message)) as status:
+    with _err().status(escape(message)) as status:
         yield lambda msg: status.update(escape(msg))
