@@ -1,0 +1,102 @@
+"""setup-broker speed against plain rabbitmqctl, measured in the same run on a private node.
+
+Anchors: one ``rabbitmqctl list_users`` call, and the tutorial's four sequential calls
+(add_user, add_vhost, set_user_tags, set_permissions).  Goals: a re-run with nothing to change
+takes <= 2.0 x the first anchor; a fresh setup including the AMQP verification takes <= the second.
+
+The core function (``celeryctl.rabbitmq.provision.setup``) is called directly, so the figures
+are the provisioning work without the CLI's Python start-up (shown separately for the CLI).
+
+    python3 benchmarks/bench_setup_broker.py [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from celeryctl.rabbitmq import provision
+from celeryctl.rabbitmq.node import Node, pick_free_port
+from celeryctl.settings import load_settings
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    rounds = max(1, args.rounds)
+
+    with tempfile.TemporaryDirectory(prefix="bench-setup-broker-") as tmp:
+        data_dir = Path(tmp)
+        node = Node(data_dir / "node")
+        info, _ = node.start(pick_free_port([], set()))
+        try:
+            runner = node.runner(info)
+            settings = load_settings(env={"CELERYCTL_DATA_DIR": str(data_dir)}, cwd=data_dir)
+            tag = uuid.uuid4().hex[:6]
+
+            def anchor_one(_i: int) -> None:
+                runner.run("list_users")
+
+            def anchor_tutorial(i: int) -> None:
+                user, vhost, pw = f"tut-{tag}-{i}", f"tutv-{tag}-{i}", "jimmy123"
+                runner.run("add_user", user, pw)  # the tutorial's way: password in argv
+                runner.run("add_vhost", vhost)
+                runner.run("set_user_tags", user, "mytag")
+                runner.run("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+
+            def fresh(i: int) -> None:
+                request = provision.Request(user=f"new-{tag}-{i}", vhost=f"newv-{tag}-{i}", tags=["mytag"])
+                result = provision.setup(request, settings)
+                assert result.changed and result.verification and result.verification.ok
+
+            fixed = provision.Request(user=f"same-{tag}", vhost=f"samev-{tag}", password="bench-" + tag)
+            provision.setup(fixed, settings)
+
+            def rerun(_i: int) -> None:
+                result = provision.setup(fixed, settings)
+                assert not result.changed and result.verification and result.verification.ok
+
+            def cli_rerun(_i: int) -> None:
+                subprocess.run(
+                    [sys.executable, "-m", "celeryctl", "setup-broker", "--user", fixed.user, "--vhost", fixed.vhost,
+                     "--password-env", "BENCH_PW", "--no-save", "--json"],
+                    env={**os.environ, "CELERYCTL_DATA_DIR": str(data_dir), "BENCH_PW": fixed.password or ""},
+                    capture_output=True, check=True, cwd=tmp,
+                )  # fmt: skip
+
+            runner.run("list_users")  # warm the disk cache
+            # Interleaved rounds: anchors and goals see the same machine load.
+            cases = {"one": anchor_one, "tutorial": anchor_tutorial, "rerun": rerun, "fresh": fresh, "cli": cli_rerun}
+            times: dict[str, list[float]] = {k: [] for k in cases}
+            for i in range(rounds):
+                for name, fn in cases.items():
+                    started = time.perf_counter()
+                    fn(i)
+                    times[name].append(time.perf_counter() - started)
+            one, tutorial, no_change, setup_fresh, cli = (statistics.median(times[k]) for k in cases)
+        finally:
+            node.stop()
+
+    print(f"anchor: one rabbitmqctl list_users          {one:6.3f} s")
+    print(f"anchor: tutorial's 4 sequential calls        {tutorial:6.3f} s")
+    print(
+        f"setup-broker re-run, nothing to change       {no_change:6.3f} s  = {no_change / one:.2f} x list_users (goal <= 2.0)"
+    )
+    print(
+        f"setup-broker fresh setup incl. verification  {setup_fresh:6.3f} s  = {setup_fresh / tutorial:.2f} x tutorial (goal <= 1.0)"
+    )
+    print(f"(CLI 'celeryctl setup-broker' re-run, whole process: {cli:.3f} s = {cli / one:.2f} x list_users)")
+    print(f"median of {rounds} rounds; core function provision.setup() called directly; {os.cpu_count()} CPUs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

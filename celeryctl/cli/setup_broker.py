@@ -1,0 +1,235 @@
+"""celeryctl setup-broker: idempotent RabbitMQ user, vhost, tags and permissions, verified over AMQP."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from celeryctl import render
+from celeryctl.cli.options import ConfigOpt, JsonOpt, resolve
+from celeryctl.errors import CeleryctlError
+from celeryctl.rabbitmq import provision
+from celeryctl.settings import mask_url
+
+_ACTION_STYLE = {"create": "green", "update": "yellow", "delete": "red", "unchanged": "dim"}
+_STATUS_STYLE = {"applied": "green", "failed": "bold red", "not applied": "red", "planned": "cyan", "unchanged": "dim"}
+
+
+def _table(items: list[dict[str, Any]], title: str) -> Any:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for col in ("item", "action", "current", "desired", "result"):
+        table.add_column(col)
+    for it in items:
+        action, status = str(it["action"]), str(it["status"])
+        table.add_row(
+            it["item"],
+            f"[{_ACTION_STYLE.get(action, '')}]{action}[/]",
+            escape(it["current"] if it["current"] is not None else "(absent)"),
+            escape(it["desired"] if it["desired"] is not None else "(absent)"),
+            f"[{_STATUS_STYLE.get(status, '')}]{status}[/]",
+        )
+    return table
+
+
+def _render(result: provision.SetupResult, show_password: bool) -> None:
+    from rich.markup import escape
+
+    doc = result.to_dict(show_password=show_password)
+    if result.plan.dry_run:
+        title = f"plan for {result.target} (dry run: nothing changed)"
+    else:
+        title = f"{result.target}: " + ("changed" if result.changed else "nothing to change, all unchanged")
+    render.out.print(_table(doc["items"], title))
+    if result.delete:
+        return
+    if result.verification is not None:
+        style = {True: "green", False: "red", None: "yellow"}[result.verification.ok]
+        render.out.print(f"verification: [{style}]{escape(result.verification.text)}[/]")
+    if result.url:
+        shown = result.url if show_password else mask_url(result.url)
+        render.out.print(f"broker URL: {escape(shown)}")
+    if result.saved_to:
+        render.out.print(
+            f"saved to {escape(str(result.saved_to))} (mode 0600)"
+            + ("" if result.settings_changed else ", already there")
+        )
+    if result.plan.password_generated and not result.plan.dry_run and not result.saved_to and not show_password:
+        render.warn(
+            "the generated password was neither saved nor shown; run again with --rotate-password --show-password"
+        )
+
+
+def setup_broker(
+    user: Annotated[
+        str,
+        typer.Option("--user", "-u", metavar="NAME", help="RabbitMQ user for the Celery app (created when missing)."),
+    ] = provision.DEFAULT_USER,
+    vhost: Annotated[
+        str, typer.Option("--vhost", metavar="NAME", help="Virtual host for the Celery app (created when missing).")
+    ] = provision.DEFAULT_VHOST,
+    tags: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tags",
+            metavar="TAG",
+            help="User tag, repeatable (e.g. management). Not given: a new user gets none, an existing one "
+            "keeps its tags. --tags '' removes all tags.",
+            show_default=False,
+        ),
+    ] = None,
+    configure: Annotated[
+        str,
+        typer.Option("--configure", metavar="RE", help="Configure permission regex on the vhost ('' grants nothing)."),
+    ] = provision.DEFAULT_PERMISSION,
+    write: Annotated[str, typer.Option("--write", metavar="RE", help="Write permission regex on the vhost.")] = (
+        provision.DEFAULT_PERMISSION
+    ),
+    read: Annotated[str, typer.Option("--read", metavar="RE", help="Read permission regex on the vhost.")] = (
+        provision.DEFAULT_PERMISSION
+    ),
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin (one line).")
+    ] = False,
+    password_env: Annotated[
+        str | None,
+        typer.Option("--password-env", metavar="VAR", help="Read the password from this environment variable."),
+    ] = None,
+    password: Annotated[
+        str | None,
+        typer.Option(
+            "--password", metavar="TEXT", help="The password itself (visible to other users: prefer --password-stdin)."
+        ),
+    ] = None,
+    rotate_password: Annotated[
+        bool, typer.Option("--rotate-password", help="Give an existing user a new random password.")
+    ] = False,
+    node: Annotated[
+        str | None,
+        typer.Option(
+            "--node",
+            "-n",
+            metavar="NODE",
+            help="RabbitMQ node for rabbitmqctl (env CELERYCTL_NODE; default celeryctl's node when it runs, "
+            "else the system node)",
+            show_default=False,
+        ),
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            metavar="HOST",
+            help="Host in the broker URL (default 127.0.0.1 for celeryctl's node, else localhost)",
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port", metavar="PORT", help="AMQP port in the broker URL (default celeryctl's node's port, else 5672)"
+        ),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
+    save: Annotated[
+        bool,
+        typer.Option(
+            "--save/--no-save",
+            help="Write broker_url to the settings file (--config, env CELERYCTL_CONFIG, else ./celeryctl.toml), "
+            "mode 0600.",
+        ),
+    ] = True,
+    show_password: Annotated[
+        bool, typer.Option("--show-password", help="Print the URL with its password (and the password in --json).")
+    ] = False,
+    delete: Annotated[
+        bool, typer.Option("--delete", help="Delete the user and the vhost (with its queues) instead.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before --delete.")] = False,
+    config: ConfigOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Create or update the RabbitMQ user, vhost, tags and permissions for a Celery app, idempotently.
+
+    Reads the node's current state, prints a plan (create, update, unchanged, delete per item),
+    applies only the difference with the password on stdin (never in argv), then logs in over
+    AMQP as the user to verify the permissions, and saves the broker URL to celeryctl.toml.
+    A second identical run changes nothing. Default: user celery, vhost celery, permissions
+    '.*' '.*' '.*' on that vhost only.
+    """
+    settings = resolve(config, node=node)
+    quiet = json_
+    if delete:
+        _delete(user, vhost, settings, node, dry_run=dry_run, yes=yes, json_=json_)
+        return
+    if password is not None and not quiet:
+        render.warn("--password is visible to other users of this machine (ps); prefer --password-stdin")
+    explicit = provision.read_password(
+        stdin_text=sys.stdin.read() if password_stdin else None, env_var=password_env, text=password
+    )
+    if tags is not None and all(t == "" for t in tags):
+        wanted_tags: list[str] | None = [] if tags else None
+    else:
+        wanted_tags = [t for t in tags if t != ""] if tags is not None else None
+    request = provision.Request(
+        user=user,
+        vhost=vhost,
+        tags=wanted_tags,
+        configure=configure,
+        write=write,
+        read=read,
+        password=explicit,
+        rotate_password=rotate_password,
+    )
+    request.validate()  # before the spinner: bad input fails at once, with nothing asked of the node
+    save_to = provision.settings_path(settings) if save and not dry_run else None
+    try:
+        with render.spinner("setting up RabbitMQ", quiet=quiet) as update:
+            result = provision.setup(
+                request, settings, node=node, host=host, port=port, dry_run=dry_run, save_to=save_to, on_progress=update
+            )
+    except CeleryctlError as exc:
+        _show_partial(exc, json_)
+        raise
+    for message in result.warnings:
+        if not quiet:
+            render.warn(message)
+    if json_:
+        render.emit_json(render.ok_doc(**result.to_dict(show_password=show_password)))
+    else:
+        _render(result, show_password)
+
+
+def _show_partial(exc: CeleryctlError, json_: bool) -> None:
+    """On a failure midway, show which items were applied (on stderr; --json has them in details)."""
+    items = exc.details.get("items") if isinstance(exc.details, dict) else None
+    if json_ or not isinstance(items, list):
+        return
+    render.err.print(_table(items, "what was applied before the failure"))
+
+
+def _delete(user: str, vhost: str, settings: Any, node: str | None, *, dry_run: bool, yes: bool, json_: bool) -> None:
+    def confirm(plan: provision.Plan) -> bool:
+        if yes:
+            return True
+        if json_ or not sys.stdin.isatty():
+            return False
+        render.err.print(_table([i.to_dict() for i in plan.items], "to delete"))
+        return typer.confirm(f"Delete user '{user}' and vhost '{vhost}' with all its queues and messages?", err=True)
+
+    try:
+        # No spinner while a confirmation prompt may be on the terminal.
+        with render.spinner("reading RabbitMQ", quiet=json_ or not yes) as update:
+            result = provision.delete(
+                user, vhost, settings, confirm=confirm, node=node, dry_run=dry_run, on_progress=update
+            )
+    except CeleryctlError as exc:
+        _show_partial(exc, json_)
+        raise
+    if json_:
+        render.emit_json(render.ok_doc(**result.to_dict()))
+    else:
+        _render(result, False)
