@@ -60,6 +60,13 @@ def root(
 from celeryctl.cli import broker  # noqa: E402
 
 app.add_typer(broker.app, name="broker")
+from celeryctl.cli import monitor as monitor_cmd  # noqa: E402
+
+app.command("status")(monitor_cmd.status)
+app.command("top")(monitor_cmd.top)
+app.command("queues")(monitor_cmd.queues)
+app.command("purge")(monitor_cmd.purge)
+app.command("flower")(monitor_cmd.flower)
 from celeryctl.cli import doctor as doctor_cmd  # noqa: E402
 
 app.command("doctor")(doctor_cmd.doctor)

@@ -1,0 +1,558 @@
+"""status, queues, purge, top and flower against the session's real node and real Celery workers."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import CliRun, RabbitNode, wait_for
+
+UID = uuid.uuid4().hex[:8]
+VHOST = f"mon-{UID}"
+MODULE = f"monapp_{UID}"
+QUEUE = f"mon.work.{UID}"
+
+APP_SOURCE = """
+from celery import Celery
+
+app = Celery({module!r}, broker={broker!r}, backend="rpc://")
+app.conf.task_default_queue = {queue!r}
+app.conf.broker_connection_retry_on_startup = False
+
+
+@app.task
+def ok(x=1):
+    return x
+
+
+@app.task
+def boom(message="kaboom"):
+    raise ValueError(message)
+"""
+
+
+@dataclass
+class Env:
+    rabbit: RabbitNode
+    url: str
+    appdir: Path
+    app: Any  # the Celery app, imported in the test process
+
+    def cli_env(self, **extra: str) -> dict[str, str]:
+        return {
+            "CELERYCTL_DATA_DIR": str(self.rabbit.data_dir),
+            "PYTHONPATH": os.pathsep.join([str(self.appdir), os.environ.get("PYTHONPATH", "")]),
+            **extra,
+        }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def env(rabbit: RabbitNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    runner = rabbit.runner()
+    runner.run("add_vhost", VHOST)
+    runner.run("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
+    url = f"amqp://guest:guest@127.0.0.1:{rabbit.port}/{VHOST}"
+    appdir = tmp_path_factory.mktemp("monapp")
+    (appdir / f"{MODULE}.py").write_text(APP_SOURCE.format(module=MODULE, broker=url, queue=QUEUE))
+    sys.path.insert(0, str(appdir))
+    try:
+        import importlib
+
+        module = importlib.import_module(MODULE)
+        yield Env(rabbit, url, appdir, module.app)
+    finally:
+        sys.path.remove(str(appdir))
+        runner.run("delete_vhost", VHOST, check=False)
+
+
+class Worker:
+    def __init__(self, env: Env, name: str, log: Path) -> None:
+        self.env, self.name, self.log = env, name, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        argv = [sys.executable, "-m", "celery", "-A", MODULE, "worker", "-c", "1", "-P", "solo"]
+        argv += ["--without-mingle", "--without-gossip", "-E", "-n", self.name, "-Q", QUEUE, "-l", "INFO"]
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=self.env.appdir,
+            env={**os.environ, "PYTHONPATH": str(self.env.appdir)},
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+        def ready() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-2000:]
+            replies = self.env.app.control.ping(destination=[self.name], timeout=0.5) or []
+            return any(self.name in r for r in replies)
+
+        wait_for(ready, timeout=30, what=f"worker {self.name}")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def worker(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    w = Worker(env, f"mon{UID}@{socket.gethostname()}", tmp_path_factory.mktemp("wlog") / "worker.log")
+    try:
+        yield w.start()
+    finally:
+        w.stop()
+
+
+def _run_tasks(env: Env, ok: int, boom: int) -> None:
+    mod = sys.modules[MODULE]
+    results = [mod.ok.delay(i) for i in range(ok)] + [mod.boom.delay(f"boom {UID} {i}") for i in range(boom)]
+    for r in results:
+        r.get(timeout=30, propagate=False)
+        r.forget()
+
+
+def _declare_and_publish(url: str, queue: str, count: int) -> None:
+    import pika
+
+    from celeryctl.probe import connection_parameters
+
+    conn = pika.BlockingConnection(connection_parameters(url, 5.0))
+    try:
+        ch = conn.channel()
+        ch.queue_declare(queue=queue, durable=True)
+        ch.confirm_delivery()
+        for i in range(count):
+            ch.basic_publish("", queue, f"message {i}".encode())
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- status
+
+
+def test_status_json_lists_the_worker_with_real_counts(cli: CliRun, env: Env, worker: Worker) -> None:
+    before = cli("status", "--json", "-A", MODULE, env=env.cli_env())
+    assert before.returncode == 0, before.output
+    _run_tasks(env, ok=3, boom=1)
+    r = cli("status", "--json", "-A", MODULE, env=env.cli_env())
+    assert r.returncode == 0, r.output
+    assert "Traceback" not in r.output
+    doc = r.json()
+    assert doc["ok"] is True
+    assert "guest:guest" not in r.stdout  # the broker URL is masked
+    workers = {w["name"]: w for w in doc["workers"]}
+    assert worker.name in workers
+    w, w0 = workers[worker.name], {x["name"]: x for x in before.json()["workers"]}[worker.name]
+    by_task, by_task0 = w["processed_by_task"], w0["processed_by_task"]
+    assert by_task.get(f"{MODULE}.ok", 0) - by_task0.get(f"{MODULE}.ok", 0) == 3
+    assert by_task.get(f"{MODULE}.boom", 0) - by_task0.get(f"{MODULE}.boom", 0) == 1
+    assert w["processed"] - w0["processed"] == 4
+    assert w["pool"] == "solo" and w["concurrency"] == 1 and w["active"] == 0
+    assert w["uptime"] is not None and QUEUE in w["queues"]
+    queues = {q["name"]: q for q in doc["queues"]}
+    assert doc["queue_source"] == "rabbitmqctl" and doc["vhost"] == VHOST
+    assert queues[QUEUE]["consumers"] == 1 and queues[QUEUE]["ready"] == 0
+    assert doc["totals"]["workers"] == 1 and doc["totals"]["processed"] == w["processed"]
+    human = cli("status", "-A", MODULE, env=env.cli_env())
+    assert human.returncode == 0, human.output
+    assert worker.name in human.stdout and QUEUE in human.stdout and "solo" in human.stdout
+
+
+def test_status_without_workers_and_with_unreachable_broker(cli: CliRun, env: Env) -> None:
+    empty = f"mon-empty-{UID}"
+    runner = env.rabbit.runner()
+    runner.run("add_vhost", empty)
+    runner.run("set_permissions", "-p", empty, "guest", ".*", ".*", ".*")
+    try:
+        url = f"amqp://guest:guest@127.0.0.1:{env.rabbit.port}/{empty}"
+        r = cli("status", "--json", "--broker", url, env=env.cli_env())
+        assert r.returncode == 0, r.output
+        assert r.json()["workers"] == [] and r.json()["totals"]["workers"] == 0
+    finally:
+        runner.run("delete_vhost", empty, check=False)
+    dead = f"amqp://guest:secret@127.0.0.1:{_free_port()}/x"
+    r = cli("status", "--json", "--broker", dead, env=env.cli_env())
+    assert r.returncode == 6, r.output
+    assert r.json()["ok"] is False and r.json()["error"]["code"] == "unreachable"
+    assert "secret" not in r.output and "Traceback" not in r.output
+
+
+# --------------------------------------------------------------------------- queues and purge
+
+
+def test_queue_depths_match_messages_published_with_no_consumer(cli: CliRun, env: Env) -> None:
+    queue = f"mon.idle.{UID}"
+    _declare_and_publish(env.url, queue, 7)
+    r = cli("queues", "--json", "-A", MODULE, env=env.cli_env())
+    assert r.returncode == 0, r.output
+    doc = r.json()
+    assert doc["source"] == "rabbitmqctl"
+    q = {x["name"]: x for x in doc["queues"]}[queue]
+    assert (q["ready"], q["unacked"], q["consumers"], q["messages"]) == (7, 0, 0, 7)
+    # Not celeryctl's node (another data dir): the same numbers through AMQP, unacked unknown.
+    remote = cli("queues", "--json", "-Q", queue, "--broker", env.url)
+    assert remote.returncode == 0, remote.output
+    assert remote.json()["source"] == "amqp"
+    rq = {x["name"]: x for x in remote.json()["queues"]}[queue]
+    assert (rq["ready"], rq["unacked"], rq["consumers"]) == (7, None, 0)
+    missing = cli("queues", "--json", "-Q", f"nope.{UID}", "--broker", env.url)
+    assert missing.json()["missing"] == [f"nope.{UID}"]
+    human = cli("queues", "-A", MODULE, env=env.cli_env())
+    assert queue in human.stdout and "7" in human.stdout
+
+
+def test_purge_refuses_without_yes_then_removes_the_exact_count(cli: CliRun, env: Env) -> None:
+    from celeryctl import monitor
+
+    queue = f"mon.purge.{UID}"
+    _declare_and_publish(env.url, queue, 5)
+    refused = cli("purge", queue, "-A", MODULE, env=env.cli_env(), input="y\n")
+    assert refused.returncode == 11, refused.output
+    assert "--yes" in refused.stderr and "Traceback" not in refused.output
+    assert monitor.queue_depth(env.url, queue).ready == 5  # nothing was removed
+    r = cli("purge", queue, "--yes", "--json", "-A", MODULE, env=env.cli_env())
+    assert r.returncode == 0, r.output
+    assert r.json() == {"ok": True, "queue": queue, "removed": 5, "vhost": VHOST}
+    assert monitor.queue_depth(env.url, queue).ready == 0
+    _declare_and_publish(env.url, queue, 2)
+    human = cli("purge", queue, "--yes", "-A", MODULE, env=env.cli_env())
+    assert human.returncode == 0 and "removed 2 message(s)" in human.stdout
+    gone = cli("purge", f"nope.{UID}", "--yes", "-A", MODULE, env=env.cli_env())
+    assert gone.returncode == 1 and "does not exist" in gone.stderr and "Traceback" not in gone.output
+
+
+def test_purge_asks_on_a_terminal(env: Env, tmp_path: Path) -> None:
+    """A real pseudo-terminal: answering n keeps the messages (exit 11), y removes them."""
+    import pty
+    import time
+
+    from celeryctl import monitor
+
+    queue = f"mon.tty.{UID}"
+    _declare_and_publish(env.url, queue, 3)
+
+    def run(answer: bytes) -> tuple[int, str]:
+        pid, fd = pty.fork()
+        if pid == 0:  # child: the real CLI on the terminal
+            os.chdir(tmp_path)
+            os.environ.update(
+                {"CELERYCTL_DATA_DIR": str(env.rabbit.data_dir), "PYTHONPATH": str(env.appdir), "COLUMNS": "200"}
+            )
+            os.execv(sys.executable, [sys.executable, "-m", "celeryctl", "purge", queue, "-A", MODULE])
+        out = b""
+        deadline = time.monotonic() + 30
+        answered = False
+        while time.monotonic() < deadline:
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+            if not answered and b"[y/N]" in out:
+                os.write(fd, answer + b"\n")
+                answered = True
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+        return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+    code, out = run(b"n")
+    assert code == 11, out
+    assert "3 ready message(s)" in out
+    assert monitor.queue_depth(env.url, queue).ready == 3
+    code, out = run(b"y")
+    assert code == 0, out
+    assert "removed 3 message(s)" in out
+
+
+# --------------------------------------------------------------------------- top
+
+
+def _settings(env: Env) -> Any:
+    from celeryctl.settings import load_settings
+
+    return load_settings({}, env={"CELERYCTL_DATA_DIR": str(env.rabbit.data_dir)})
+
+
+def test_top_renders_the_worker_and_the_completed_and_failed_tasks(env: Env, worker: Worker) -> None:
+    from rich.console import Console
+
+    from celeryctl.monitor import TopSession
+    from celeryctl.render_top import frame
+
+    session = TopSession(env.app, _settings(env), refresh=0.5)
+    session.start()
+    try:
+        assert session.wait_connected(10)
+        session.first_poll.wait(10)
+        _run_tasks(env, ok=4, boom=1)
+        wait_for(
+            lambda: (v := session.state.view()).succeeded >= 4 and v.failed >= 1,
+            timeout=15,
+            what="task events in top's state",
+        )
+        wait_for(lambda: any(q.name == QUEUE for q in session.state.view().queues), timeout=10, what="queue poll")
+        view = session.state.view()
+    finally:
+        session.stop()
+    assert (view.succeeded, view.failed, view.retried) == (4, 1, 0)
+    assert sum(view.history) == 5
+    console = Console(record=True, width=120, force_terminal=False, color_system=None)
+    console.print(frame(view, 120))
+    text = console.export_text()
+    assert worker.name in text and "online" in text
+    assert "succeeded 4" in text and "failed 1" in text and "retried 0" in text
+    assert f"{MODULE}.boom" in text and f"ValueError('boom {UID} 0')" in text
+    assert QUEUE in text and "connected" in text
+    svg = console.export_svg(title="celeryctl top")
+    assert "<svg" in svg
+
+
+def test_top_prints_one_snapshot_when_not_a_terminal(cli: CliRun, env: Env, worker: Worker) -> None:
+    r = cli("top", "--duration", "1", "-A", MODULE, env=env.cli_env())
+    assert r.returncode == 0, r.output
+    assert worker.name in r.stdout and "Workers 1/1 online" in r.stdout and QUEUE in r.stdout
+    assert "guest:guest" not in r.stdout
+    j = cli("top", "--json", "--duration", "0.5", "-A", MODULE, env=env.cli_env())
+    assert j.returncode == 0, j.output
+    doc = j.json()
+    assert doc["connected"] is True and [w["name"] for w in doc["workers"]] == [worker.name]
+    dead = cli("top", "--duration", "0.5", "--broker", f"amqp://guest:guest@127.0.0.1:{_free_port()}/x")
+    assert dead.returncode == 6 and "Traceback" not in dead.output
+
+
+class _Proxy:
+    """A TCP forwarder to the node that can drop every connection and stop listening (a real outage)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = target_port
+        self.port = _free_port()
+        self._sockets: list[socket.socket] = []
+        self._server: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def up(self) -> None:
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", self.port))
+        srv.listen(16)
+        self._server = srv
+        threading.Thread(target=self._accept, args=(srv,), daemon=True).start()
+
+    def _accept(self, srv: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = srv.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            with self._lock:
+                self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def down(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        with self._lock:
+            for s in self._sockets:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+            self._sockets.clear()
+
+
+def test_top_shows_a_lost_broker_connection_and_reconnects(env: Env, worker: Worker) -> None:
+    from celery import Celery
+    from rich.console import Console
+
+    from celeryctl.monitor import TopSession
+    from celeryctl.render_top import frame
+
+    proxy = _Proxy(env.rabbit.port)
+    proxy.up()
+    app = Celery("mon-proxy", broker=f"amqp://guest:guest@127.0.0.1:{proxy.port}/{VHOST}")
+    app.conf.broker_connection_retry_on_startup = False
+    session = TopSession(app, _settings(env), refresh=0.5)
+    session.start()
+    try:
+        assert session.wait_connected(10)
+        wait_for(lambda: any(w.name == worker.name for w in session.state.view().workers), timeout=10)
+        proxy.down()
+        wait_for(lambda: not session.state.view().connected, timeout=15, what="the drop to show")
+        down = session.state.view()
+        assert down.broker_error
+        console = Console(record=True, width=120, color_system=None)
+        console.print(frame(down, 120))
+        assert "broker connection lost" in console.export_text()
+        proxy.up()
+        wait_for(lambda: session.state.view().connected, timeout=20, what="the reconnect")
+        assert session.state.view().reconnects == 1
+        # events flow again after the reconnect
+        seen = session.state.view().events
+        wait_for(lambda: session.state.view().events > seen, timeout=10, what="events after reconnect")
+    finally:
+        session.stop()
+        proxy.down()
+
+
+def test_top_marks_a_dead_worker_offline_and_back_online(env: Env, tmp_path: Path) -> None:
+    from celeryctl.monitor import TopSession
+
+    w = Worker(env, f"mondie{UID}@{socket.gethostname()}", tmp_path / "w.log").start()
+    session = TopSession(env.app, _settings(env), refresh=1.0)
+    session.start()
+    try:
+        assert session.wait_connected(10)
+
+        def state_of(name: str) -> bool | None:
+            return next((x.online for x in session.state.view().workers if x.name == name), None)
+
+        wait_for(lambda: state_of(w.name) is True, timeout=10, what="worker online")
+        w.stop(signal.SIGKILL)  # dies without saying goodbye: only the heartbeats stop
+        wait_for(lambda: state_of(w.name) is False, timeout=15, what="worker offline")
+        w.start()
+        wait_for(lambda: state_of(w.name) is True, timeout=15, what="worker back online")
+    finally:
+        session.stop()
+        w.stop(signal.SIGKILL)
+
+
+def test_top_state_model_counts_and_expiry() -> None:
+    """The model alone, fed the events a worker sends, on a fake clock."""
+    from celeryctl.monitor import TopState
+
+    now = [1000.0]
+    st = TopState("amqp://x", clock=lambda: now[0])
+    st.on_event({"type": "worker-online", "hostname": "w@h", "freq": 2.0})
+    st.on_event({"type": "task-received", "hostname": "w@h", "uuid": "u1", "name": "t.a"})
+    st.on_event({"type": "task-started", "hostname": "w@h", "uuid": "u1"})
+    now[0] += 1.5
+    v = st.view()
+    assert [(t.name, round(rt, 1)) for t, rt in v.running] == [("t.a", 1.5)]
+    st.on_event({"type": "task-retried", "hostname": "w@h", "uuid": "u1", "exception": "IOError()"})
+    st.on_event({"type": "task-failed", "hostname": "w@h", "uuid": "u1", "exception": "KeyError('k')"})
+    st.on_event({"type": "worker-heartbeat", "hostname": "w@h", "freq": 2.0, "active": 0, "processed": 7})
+    v = st.view()
+    assert (v.failed, v.retried, v.running) == (1, 1, [])
+    assert v.failures[0].exception == "KeyError('k')" and v.failures[0].name == "t.a"
+    assert v.workers[0].processed == 7 and v.workers[0].online
+    now[0] += 6  # more than 2.5 heartbeat periods of silence
+    assert st.view().workers[0].online is False
+    st.on_event({"type": "worker-heartbeat", "hostname": "w@h", "freq": 2.0})
+    assert st.view().workers[0].online is True
+    st.on_event({"type": "worker-offline", "hostname": "w@h"})
+    assert st.view().workers[0].online is False
+
+
+# --------------------------------------------------------------------------- flower
+
+
+def test_flower_serves_the_worker_over_http(env: Env, worker: Worker, tmp_path: Path) -> None:
+    port = _free_port()
+    password = f"pw-{UID}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celeryctl", "flower", "--port", str(port), "-A", MODULE],
+        cwd=tmp_path,
+        env={**os.environ, **env.cli_env(CELERYCTL_FLOWER_BASIC_AUTH=f"admin:{password}")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    auth = "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()
+
+    def workers() -> dict[str, Any] | None:
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/workers?refresh=1", headers={"Authorization": auth})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                doc = json.loads(resp.read())
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return None
+        return doc if worker.name in doc else None
+
+    try:
+        doc = wait_for(workers, timeout=45, interval=0.5, what="Flower to list the worker")
+        assert isinstance(doc, dict) and worker.name in doc
+        # no credentials: refused; the password is in no argv
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/workers", timeout=5)
+        assert exc.value.code == 401
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert password.encode() not in cmdline and b"guest:guest" not in cmdline
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate(timeout=5)
+    text = out.decode(errors="replace")
+    assert password not in text and "Traceback" not in text
+
+
+def test_flower_refuses_a_public_address_without_auth(cli: CliRun, env: Env) -> None:
+    r = cli("flower", "--address", "0.0.0.0", "-A", MODULE, env=env.cli_env())
+    assert r.returncode == 2, r.output
+    assert "without authentication" in r.stderr and "--unsafe-no-auth" in r.stderr
+    assert "Traceback" not in r.output
+    bad = cli("flower", "--basic-auth", "justuser", "-A", MODULE, env=env.cli_env())
+    assert bad.returncode == 2 and "USER:PASSWORD" in bad.stderr
+
+
+def test_flower_missing_says_how_to_install_it(cli: CliRun, env: Env, tmp_path: Path) -> None:
+    # A stand-in package that fails to import, first on the path: what a missing extra looks like.
+    shadow = tmp_path / "shadow" / "flower"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named flower')\n")
+    extra = env.cli_env()
+    extra["PYTHONPATH"] = os.pathsep.join([str(shadow.parent), extra["PYTHONPATH"]])
+    r = cli("flower", "-A", MODULE, env=extra)
+    assert r.returncode == 4, r.output
+    assert "Flower is not installed" in r.stderr and "pip install 'celeryctl[flower]'" in r.stderr
+    assert "Traceback" not in r.output
