@@ -40,7 +40,7 @@ from celeryctl.errors import (
     UnreachableError,
     UsageError,
 )
-from celeryctl.rabbitmq.ctl import Runner
+from celeryctl.rabbitmq.ctl import Runner, classify_failure
 from celeryctl.settings import (
     CONFIG_FILENAME,
     Settings,
@@ -256,23 +256,25 @@ def read_state(runner: Runner, request: Request | None = None) -> State:
 
 
 def read_state_parallel(runner: Runner, request: Request | None = None) -> State:
-    """The same state from ``list_*`` calls run at the same time (each boots an Erlang VM)."""
+    """The same state from ``list_*`` calls run at the same time (each boots an Erlang VM).
+
+    With a request, the user's password is checked with ``authenticate_user`` (password on stdin)
+    in the same batch.
+    """
     user = request.user if request else None
-    calls: list[list[str]] = [["list_users"], ["list_vhosts", "name"]]
     names = [u["user"] for u in runner.json("list_users")] if user is None else [user]
-    calls += [["list_user_permissions", "--", n] for n in names]
-    results = runner.run_parallel(calls)
-    state = State()
-    for u in results[0]:
-        tags = u.get("tags") or []
-        if isinstance(tags, str):
-            tags = [t for t in tags.strip("[]").replace(",", " ").split() if t]
-        state.users[u["user"]] = UserState(u["user"], sorted(tags))
-    state.vhosts = {v["name"] for v in results[1]}
-    for name, perms in zip(names, results[2:], strict=True):
-        for p in perms:
-            state.permissions[(name, p["vhost"])] = (p["configure"], p["write"], p["read"])
-    if request and request.password is not None and request.user in state.users:
+    # Options go before "--": after it rabbitmqctl takes everything as a positional argument.
+    calls: list[list[str]] = [["list_users"], ["list_vhosts", "name"]]
+    calls += [["list_user_permissions", "--formatter", "json", "--", n] for n in names]
+    check_pw = request is not None and request.password is not None
+
+    def run(args: list[str]) -> Any:
+        if args[0] == "list_user_permissions":
+            return runner.run(*args, check=False)
+        return runner.json(*args)
+
+    def authenticate() -> bool:
+        assert request is not None and request.password is not None
         res = runner.run(
             "authenticate_user",
             "--",
@@ -281,7 +283,29 @@ def read_state_parallel(runner: Runner, request: Request | None = None) -> State
             secrets=[request.password],
             check=False,
         )
-        state.password_checked[request.user] = res.returncode == 0
+        return res.returncode == 0
+
+    with ThreadPoolExecutor(max_workers=len(calls) + 1) as pool:
+        futures = [pool.submit(run, c) for c in calls]
+        auth = pool.submit(authenticate) if check_pw else None
+        results = [f.result() for f in futures]
+        authenticated = auth.result() if auth is not None else None
+    state = State()
+    for u in results[0]:
+        tags = u.get("tags") or []
+        if isinstance(tags, str):
+            tags = [t for t in tags.strip("[]").replace(",", " ").split() if t]
+        state.users[u["user"]] = UserState(u["user"], sorted(tags))
+    state.vhosts = {v["name"] for v in results[1]}
+    for name, res in zip(names, results[2:], strict=True):
+        if res.returncode != 0:  # the user does not exist (67), or a real failure
+            if name in state.users:
+                raise classify_failure(res, runner.node)
+            continue
+        for p in res.json():
+            state.permissions[(name, p["vhost"])] = (p["configure"], p["write"], p["read"])
+    if authenticated is not None and request is not None and request.user in state.users:
+        state.password_checked[request.user] = authenticated
     return state
 
 

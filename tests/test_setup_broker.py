@@ -1,0 +1,536 @@
+"""celeryctl setup-broker against the session's real RabbitMQ node.
+
+A recording shim (``rabbitmq-server`` + ``rabbitmqctl`` scripts that log their argv and exec the
+real ones, pinned with CELERYCTL_RABBITMQ_BIN_DIR) proves which calls were made and that no
+password is in any argv.  Fakes only stand in for failures the real node cannot produce on demand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celeryctl.probe import check_access
+from celeryctl.rabbitmq import provision
+from celeryctl.rabbitmq.ctl import find_bin_dir
+from celeryctl.settings import load_settings, url_password
+from tests.conftest import CliResult, CliRun, RabbitNode
+
+WRITE_VERBS = (
+    "add_user",
+    "change_password",
+    "add_vhost",
+    "set_user_tags",
+    "set_permissions",
+    "delete_user",
+    "delete_vhost",
+    "clear_permissions",
+    "import_definitions",
+)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class Shim:
+    """A bin dir whose tools append their argv to ``log`` and then run the real ones."""
+
+    def __init__(self, directory: Path, fail_on: str | None = None, fail_code: int = 70) -> None:
+        real = find_bin_dir({k: v for k, v in os.environ.items() if k != "CELERYCTL_RABBITMQ_BIN_DIR"})
+        assert real is not None
+        self.dir = directory
+        self.log = directory / "argv.log"
+        directory.mkdir(parents=True, exist_ok=True)
+        self.log.write_text("")
+        for tool in ("rabbitmq-server", "rabbitmqctl"):
+            fail = ""
+            if fail_on and tool == "rabbitmqctl":
+                fail = (
+                    f'case " $* " in *" {fail_on} "*) '
+                    f'echo "Error:" >&2; echo "simulated failure of {fail_on}" >&2; exit {fail_code};; esac\n'
+                )
+            script = directory / tool
+            script.write_text(
+                f'#!/bin/sh\nprintf "%s\\n" "{tool} $*" >> "{self.log}"\n{fail}exec "{real / tool}" "$@"\n'
+            )
+            script.chmod(0o755)
+
+    def calls(self) -> list[str]:
+        return [line for line in self.log.read_text().splitlines() if line.strip()]
+
+    def writes(self) -> list[str]:
+        return [c for c in self.calls() if any(f" {verb} " in f" {c} " for verb in WRITE_VERBS)]
+
+    def clear(self) -> None:
+        self.log.write_text("")
+
+
+@pytest.fixture
+def shim(tmp_path: Path) -> Shim:
+    return Shim(tmp_path / "shim")
+
+
+@pytest.fixture
+def env(rabbit: RabbitNode, shim: Shim) -> dict[str, str]:
+    """CLI env aiming setup-broker at the session node through the recording shim."""
+    return {"CELERYCTL_DATA_DIR": str(rabbit.data_dir), "CELERYCTL_RABBITMQ_BIN_DIR": str(shim.dir)}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path / "work"  # the cli fixture's working directory
+
+
+def definitions(rabbit: RabbitNode) -> dict[str, Any]:
+    raw = rabbit.runner().run("export_definitions", "-", "--format", "json").stdout
+    return json.loads(raw)
+
+
+def snapshot(rabbit: RabbitNode) -> dict[str, Any]:
+    """Users (with tags and password hash), vhosts and permissions as the node has them."""
+    runner = rabbit.runner()
+    users, vhosts = runner.run_parallel([["list_users"], ["list_vhosts"]])
+    defs = definitions(rabbit)
+    return {
+        "users": sorted(json.dumps(u, sort_keys=True) for u in users),
+        "vhosts": sorted(json.dumps(v, sort_keys=True) for v in vhosts),
+        "hashes": sorted((u["name"], u["password_hash"]) for u in defs["users"]),
+        "permissions": sorted(json.dumps(p, sort_keys=True) for p in defs["permissions"]),
+    }
+
+
+def user_of(rabbit: RabbitNode, name: str) -> dict[str, Any] | None:
+    return next((u for u in definitions(rabbit)["users"] if u["name"] == name), None)
+
+
+def perms_of(rabbit: RabbitNode, user: str, vhost: str) -> dict[str, Any] | None:
+    return next((p for p in definitions(rabbit)["permissions"] if p["user"] == user and p["vhost"] == vhost), None)
+
+
+def items(doc: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {i["item"]: (i["action"], i["status"]) for i in doc["items"]}
+
+
+def ok_json(result: CliResult) -> dict[str, Any]:
+    assert "Traceback" not in result.output, result.output
+    assert result.returncode == 0, result.output
+    doc = result.json()  # exactly one JSON document on stdout
+    assert doc["ok"] is True
+    return doc
+
+
+def error_json(result: CliResult, exit_code: int) -> dict[str, Any]:
+    assert "Traceback" not in result.output, result.output
+    assert result.returncode == exit_code, result.output
+    doc = result.json()
+    assert doc["ok"] is False and doc["error"]["exit_code"] == exit_code
+    assert doc["error"]["hint"]
+    return doc["error"]
+
+
+# --------------------------------------------------------------------------- the main flow
+
+
+def test_fresh_setup_then_identical_rerun_changes_nothing(
+    cli: CliRun, rabbit: RabbitNode, env: dict[str, str], shim: Shim, workdir: Path
+) -> None:
+    user, vhost = unique("u"), unique("v")
+    doc = ok_json(cli("setup-broker", "--user", user, "--vhost", vhost, "--json", env=env))
+    assert doc["changed"] is True
+    assert items(doc) == {
+        "user": ("create", "applied"),
+        "password": ("create", "applied"),
+        "vhost": ("create", "applied"),
+        "tags": ("create", "applied"),
+        "permissions": ("create", "applied"),
+    }
+    assert doc["verification"]["ok"] is True
+    assert doc["verification"]["access"]["configure"] and doc["verification"]["access"]["read"]
+    assert doc["password_generated"] is True and "password" not in doc
+    assert "****" in doc["url"] and f"127.0.0.1:{rabbit.port}/{vhost}" in doc["url"]
+
+    # The node has what was asked: permissions .* on that vhost only, no tags.
+    assert user_of(rabbit, user)["tags"] == []  # type: ignore[index]
+    assert perms_of(rabbit, user, vhost) == {
+        "user": user,
+        "vhost": vhost,
+        "configure": ".*",
+        "write": ".*",
+        "read": ".*",
+    }
+    assert [p for p in definitions(rabbit)["permissions"] if p["user"] == user and p["vhost"] != vhost] == []
+
+    # The settings file: mode 0600, holds the URL with the password, and later commands resolve it.
+    toml = workdir / "celeryctl.toml"
+    assert stat.S_IMODE(toml.stat().st_mode) == 0o600
+    settings = load_settings(env={}, cwd=workdir)
+    assert settings.broker_url is not None and settings.sources["broker_url"].startswith("file")
+    password = url_password(settings.broker_url)
+    assert password and len(password) >= 24
+    assert check_access(settings.broker_url).ok
+    assert password not in doc["url"] and password not in json.dumps(doc)
+
+    first_calls = shim.calls()
+    assert any(" add_user -- " + user in c for c in first_calls)
+    shim.clear()
+
+    # Identical re-run: one read, no write, everything unchanged, the saved password reused and verified.
+    again = cli("setup-broker", "--user", user, "--vhost", vhost, "--json", env=env)
+    doc2 = ok_json(again)
+    assert doc2["changed"] is False
+    assert {a for a, _s in items(doc2).values()} == {"unchanged"}
+    assert doc2["verification"]["ok"] is True
+    assert doc2["settings_changed"] is False
+    assert shim.writes() == []
+    assert len(shim.calls()) == 1 and "export_definitions" in shim.calls()[0]
+
+    # The password was in no argv of either run.
+    for line in first_calls + shim.calls():
+        assert password not in line
+
+    # The human table says so too.
+    human = cli("setup-broker", "--user", user, "--vhost", vhost, env=env)
+    assert human.returncode == 0, human.output
+    assert "nothing to change" in human.stdout and "unchanged" in human.stdout
+    assert password not in human.output and "****" in human.stdout
+
+
+def test_tag_and_permission_change_keeps_a_given_password(
+    cli: CliRun, rabbit: RabbitNode, env: dict[str, str], shim: Shim
+) -> None:
+    user, vhost, pw = unique("u"), unique("v"), "s3cret-" + uuid.uuid4().hex
+    args = ("setup-broker", "--user", user, "--vhost", vhost, "--json", "--password-stdin", "--no-save")
+    doc = ok_json(cli(*args, "--tags", "management", env=env, input=pw + "\n"))
+    assert doc["changed"] is True and doc["saved_to"] is None
+    assert user_of(rabbit, user)["tags"] == ["management"]  # type: ignore[index]
+    shim.clear()
+
+    doc = ok_json(
+        cli(*args, "--tags", "monitoring", "--configure", r"^celery\.", "--read", "", env=env, input=pw + "\n")
+    )
+    assert items(doc) == {
+        "user": ("unchanged", "unchanged"),
+        "password": ("unchanged", "unchanged"),  # same password: decided from the hash, not rewritten
+        "vhost": ("unchanged", "unchanged"),
+        "tags": ("update", "applied"),
+        "permissions": ("update", "applied"),
+    }
+    writes = shim.writes()
+    assert len(writes) == 2 and all("change_password" not in w and pw not in w for w in writes)
+    assert user_of(rabbit, user)["tags"] == ["monitoring"]  # type: ignore[index]
+    assert perms_of(rabbit, user, vhost) == {
+        "user": user,
+        "vhost": vhost,
+        "configure": r"^celery\.",
+        "write": ".*",
+        "read": "",
+    }
+    # Verified as granted: the probe queue may not be declared or read, but publishing works.
+    ver = doc["verification"]
+    assert ver["ok"] is True
+    assert ver["expected"] == {"configure": False, "write": True, "read": False}
+    assert ver["access"]["write"] is True
+
+    # --tags '' removes the tags; no --tags leaves them alone.
+    doc = ok_json(cli(*args, "--tags", "", "--configure", r"^celery\.", "--read", "", env=env, input=pw))
+    assert items(doc)["tags"] == ("update", "applied") and user_of(rabbit, user)["tags"] == []  # type: ignore[index]
+
+
+def test_rotate_password(cli: CliRun, rabbit: RabbitNode, env: dict[str, str], shim: Shim, workdir: Path) -> None:
+    user, vhost = unique("u"), unique("v")
+    old_pw = "old-" + uuid.uuid4().hex
+    ok_json(
+        cli(
+            "setup-broker", "--user", user, "--vhost", vhost, "--password-env", "OLD_PW", "--json",
+            env={**env, "OLD_PW": old_pw},
+        )
+    )  # fmt: skip
+    old_url = load_settings(env={}, cwd=workdir).broker_url
+    assert old_url and url_password(old_url) == old_pw and check_access(old_url).ok
+    shim.clear()
+
+    doc = ok_json(
+        cli("setup-broker", "--user", user, "--vhost", vhost, "--rotate-password", "--show-password", "--json", env=env)
+    )
+    assert items(doc)["password"] == ("update", "applied")
+    new_pw = doc["password"]
+    assert new_pw and new_pw != old_pw and new_pw in doc["url"]
+    assert [w.split(" -- ")[0].split()[-1] for w in shim.writes()] == ["change_password"]
+    assert all(new_pw not in c and old_pw not in c for c in shim.calls())
+
+    refused = check_access(old_url)
+    assert refused.ok is False and refused.kind == "auth"
+    new_url = load_settings(env={}, cwd=workdir).broker_url
+    assert new_url and url_password(new_url) == new_pw
+    assert check_access(new_url).ok
+
+
+def test_dry_run_leaves_the_broker_exactly_as_it_was(
+    cli: CliRun, rabbit: RabbitNode, env: dict[str, str], shim: Shim, workdir: Path
+) -> None:
+    user, vhost = unique("u"), unique("v")
+    before = snapshot(rabbit)
+    doc = ok_json(cli("setup-broker", "--user", user, "--vhost", vhost, "--dry-run", "--json", env=env))
+    assert doc["dry_run"] is True and doc["changed"] is True
+    assert {s for _a, s in items(doc).values()} == {"planned"}
+    assert doc["verification"] is None and doc["url"] is None
+    human = cli("setup-broker", "--user", user, "--vhost", vhost, "--dry-run", "--tags", "x", env=env)
+    assert human.returncode == 0 and "dry run" in human.stdout and "create" in human.stdout
+    assert shim.writes() == []
+    assert snapshot(rabbit) == before
+    assert not (workdir / "celeryctl.toml").exists()
+
+    # An existing user with changes pending: still nothing written.
+    ok_json(cli("setup-broker", "--user", user, "--vhost", vhost, "--no-save", "--json", env=env))
+    before = snapshot(rabbit)
+    shim.clear()
+    doc = ok_json(
+        cli(
+            "setup-broker", "--user", user, "--vhost", vhost, "--tags", "management", "--write", "^x$",
+            "--rotate-password", "--dry-run", "--json", env=env,
+        )
+    )  # fmt: skip
+    assert items(doc)["tags"] == ("update", "planned") and items(doc)["password"] == ("update", "planned")
+    assert shim.writes() == []
+    assert snapshot(rabbit) == before
+
+
+def test_delete_asks_and_needs_yes_without_a_terminal(cli: CliRun, rabbit: RabbitNode, env: dict[str, str]) -> None:
+    user, vhost = unique("u"), unique("v")
+    made = cli("setup-broker", "--user", user, "--vhost", vhost, "--password", "visible-pw", "--no-save", env=env)
+    assert made.returncode == 0, made.output
+    assert "visible to other users" in made.stderr  # --password warns
+    assert "visible-pw" not in made.output
+
+    refused = cli("setup-broker", "--delete", "--user", user, "--vhost", vhost, "--json", env=env, input="")
+    err = error_json(refused, 11)
+    assert err["code"] == "not_confirmed" and "--yes" in err["hint"]
+    assert user_of(rabbit, user) is not None
+
+    human = cli("setup-broker", "--delete", "--user", user, "--vhost", vhost, env=env, input="")
+    assert human.returncode == 11 and "--yes" in human.stderr and "Traceback" not in human.output
+
+    doc = ok_json(cli("setup-broker", "--delete", "--user", user, "--vhost", vhost, "--yes", "--json", env=env))
+    assert doc["changed"] is True
+    assert items(doc) == {"user": ("delete", "applied"), "vhost": ("delete", "applied")}
+    assert user_of(rabbit, user) is None
+    assert vhost not in {v["name"] for v in definitions(rabbit)["vhosts"]}
+
+    again = ok_json(cli("setup-broker", "--delete", "--user", user, "--vhost", vhost, "--json", env=env))
+    assert again["changed"] is False  # nothing left: no question asked, exit 0
+
+
+def test_existing_user_with_unknown_password_is_kept(
+    cli: CliRun, rabbit: RabbitNode, env: dict[str, str], shim: Shim, tmp_path: Path
+) -> None:
+    user, vhost = unique("u"), unique("v")
+    ok_json(cli("setup-broker", "--user", user, "--vhost", vhost, "--no-save", "--json", env=env))
+    hash_before = user_of(rabbit, user)["password_hash"]  # type: ignore[index]
+    shim.clear()
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    result = cli("setup-broker", "--user", user, "--vhost", vhost, env=env, cwd=other)
+    assert result.returncode == 0, result.output
+    assert "--rotate-password" in result.stderr and "cannot include" in result.stderr
+    assert "skipped" in result.stdout
+    assert shim.writes() == []
+    assert user_of(rabbit, user)["password_hash"] == hash_before  # type: ignore[index]
+    assert not (other / "celeryctl.toml").exists()
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_partial_failure_reports_applied_steps_and_rerun_converges(
+    cli: CliRun, rabbit: RabbitNode, env: dict[str, str], tmp_path: Path
+) -> None:
+    user, vhost, pw = unique("u"), unique("v"), "pw-" + uuid.uuid4().hex
+    failing = Shim(tmp_path / "failing", fail_on="set_permissions")
+    args = ("setup-broker", "--user", user, "--vhost", vhost, "--password-stdin")
+    bad_env = {**env, "CELERYCTL_RABBITMQ_BIN_DIR": str(failing.dir)}
+    err = error_json(cli(*args, "--json", env=bad_env, input=pw), 1)
+    assert "simulated failure" in err["message"]
+    assert sorted(err["details"]["applied"]) == ["add_user", "add_vhost"]
+    assert err["details"]["failed"] == ["set_permissions"]
+    assert {i["item"]: i["status"] for i in err["details"]["items"]}["permissions"] == "failed"
+    assert "again" in err["hint"]
+    assert pw not in json.dumps(err)
+    assert user_of(rabbit, user) is not None and perms_of(rabbit, user, vhost) is None
+
+    human = cli(*args, env=bad_env, input=pw)
+    assert human.returncode == 1 and "Traceback" not in human.output
+    assert "applied" in human.stderr and "failed" in human.stderr
+
+    doc = ok_json(cli(*args, "--json", env=env, input=pw))
+    assert items(doc) == {
+        "user": ("unchanged", "unchanged"),
+        "password": ("unchanged", "unchanged"),
+        "vhost": ("unchanged", "unchanged"),
+        "tags": ("unchanged", "unchanged"),
+        "permissions": ("create", "applied"),
+    }
+    assert doc["verification"]["ok"] is True
+
+
+def test_nodes_without_export_definitions_are_read_with_parallel_list_calls(
+    cli: CliRun, rabbit: RabbitNode, env: dict[str, str], tmp_path: Path
+) -> None:
+    old_node = Shim(tmp_path / "old", fail_on="export_definitions", fail_code=64)
+    user, vhost = unique("u"), unique("v")
+    args = ("setup-broker", "--user", user, "--vhost", vhost, "--password-env", "PW", "--no-save", "--json")
+    old_env = {**env, "CELERYCTL_RABBITMQ_BIN_DIR": str(old_node.dir), "PW": "pw-" + uuid.uuid4().hex}
+    assert ok_json(cli(*args, env=old_env))["changed"] is True
+    old_node.clear()
+    doc = ok_json(cli(*args, env=old_env))
+    assert doc["changed"] is False and doc["verification"]["ok"] is True
+    assert old_node.writes() == []
+    assert any("authenticate_user" in c for c in old_node.calls())  # the password check, on stdin
+    assert all(old_env["PW"] not in c for c in old_node.calls())
+
+
+BAD_INPUT = [
+    (["--user", ""], "--user"),
+    (["--vhost", "a\x01b"], "--vhost"),
+    (["--user", "x" * 256], "--user"),
+    (["--tags", "a b"], "--tags"),
+    (["--configure", "("], "--configure"),
+    (["--read", "[a-"], "--read"),
+]
+
+
+@pytest.mark.parametrize(("args", "flag"), BAD_INPUT, ids=[f for _a, f in BAD_INPUT])
+def test_invalid_input_is_rejected_before_any_call(
+    cli: CliRun, env: dict[str, str], shim: Shim, args: list[str], flag: str
+) -> None:
+    err = error_json(cli("setup-broker", *args, "--json", env=env), 2)
+    assert flag in err["message"]
+    assert shim.calls() == []  # not even a read
+
+
+def test_password_sources_are_validated(cli: CliRun, env: dict[str, str], shim: Shim) -> None:
+    err = error_json(cli("setup-broker", "--password-env", "NO_SUCH_VAR_XYZ", "--json", env=env), 2)
+    assert "NO_SUCH_VAR_XYZ" in err["message"]
+    err = error_json(cli("setup-broker", "--password-stdin", "--json", env=env, input=" padded \n"), 2)
+    assert "whitespace" in err["message"]
+    err = error_json(cli("setup-broker", "--password-stdin", "--password", "x", "--json", env=env, input="y"), 2)
+    assert "one way" in err["message"]
+    assert shim.calls() == []
+
+
+def test_node_not_running(cli: CliRun, rabbit: RabbitNode) -> None:
+    # A node name nobody runs, asked through the session node's epmd (so no epmd is left behind).
+    info = rabbit.info
+    env = {"ERL_EPMD_PORT": str(info.epmd_port), "HOME": str(rabbit.node.home)}
+    err = error_json(cli("setup-broker", "--node", f"nosuch-{uuid.uuid4().hex[:6]}@localhost", "--json", env=env), 6)
+    assert err["code"] == "unreachable" and "not running" in err["message"]
+    assert "celeryctl broker start" in err["hint"]
+    human = cli("setup-broker", "--node", "nosuch@localhost", env=env)
+    assert human.returncode == 6 and "Traceback" not in human.output and "hint" in human.stderr
+
+
+def test_erlang_cookie_mismatch_real(cli: CliRun, rabbit: RabbitNode, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    cookie = home / ".erlang.cookie"
+    cookie.write_text("NOTTHECOOKIEOFTHENODEATALL")
+    cookie.chmod(0o400)
+    env = {"ERL_EPMD_PORT": str(rabbit.info.epmd_port), "HOME": str(home)}
+    err = error_json(cli("setup-broker", "--node", rabbit.name, "--json", env=env), 5)
+    assert err["code"] == "permission_denied" and "Erlang cookie" in err["message"]
+
+
+REAL_310_COOKIE_ERROR = """Error: unable to perform an operation on node 'rabbit@vm'. Please see diagnostics information and suggestions below.
+
+Most common reasons for this are:
+
+ * Target node is unreachable (e.g. due to hostname resolution, TCP connection or firewall issues)
+ * CLI tool fails to authenticate with the server (e.g. due to CLI tool's Erlang cookie not matching that of the server)
+ * Target node is not running
+
+DIAGNOSTICS
+===========
+
+attempted to contact: [rabbit@vm]
+
+rabbit@vm:
+  * connected to epmd (port 4369) on vm
+  * epmd reports node 'rabbit' uses port 25672 for inter-node and CLI tool traffic
+  * TCP connection succeeded but Erlang distribution failed
+  * suggestion: check if the Erlang cookie is identical for all server nodes and CLI tools
+"""
+
+
+def fake_bin(directory: Path, stderr: str, code: int) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "msg").write_text(stderr)
+    for tool in ("rabbitmq-server", "rabbitmqctl"):
+        p = directory / tool
+        p.write_text(f'#!/bin/sh\ncat "{directory / "msg"}" >&2\nexit {code}\n')
+        p.chmod(0o755)
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("stderr", "code", "exit_code", "needle"),
+    [
+        (REAL_310_COOKIE_ERROR, 69, 5, "Erlang cookie"),
+        ("Error: {:badmatch, {:error, :eacces}}\n", 70, 5, "permission denied"),
+    ],
+    ids=["cookie", "eacces"],
+)
+def test_not_allowed_fake_rabbitmqctl(
+    cli: CliRun, tmp_path: Path, stderr: str, code: int, exit_code: int, needle: str
+) -> None:
+    fake = fake_bin(tmp_path / "fake", stderr, code)
+    env = {"CELERYCTL_RABBITMQ_BIN_DIR": str(fake)}  # no celeryctl node in the isolated data dir
+    err = error_json(cli("setup-broker", "--json", env=env), exit_code)
+    assert err["code"] == "permission_denied" and needle in err["message"]
+    human = cli("setup-broker", env=env)
+    assert human.returncode == exit_code and "Traceback" not in human.output and "hint:" in human.stderr
+
+
+def test_rabbitmq_not_installed(cli: CliRun, tmp_path: Path) -> None:
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    err = error_json(cli("setup-broker", "--json", env={"CELERYCTL_RABBITMQ_BIN_DIR": str(empty)}), 4)
+    assert err["code"] == "not_installed" and "celeryctl broker install" in err["hint"]
+
+
+# --------------------------------------------------------------------------- the core, directly
+
+
+def test_fallback_reads_in_parallel_agree_with_export_definitions(rabbit: RabbitNode) -> None:
+    runner = rabbit.runner()
+    user, vhost, pw = unique("u"), unique("v"), "pw-" + uuid.uuid4().hex
+    request = provision.Request(user=user, vhost=vhost, tags=["management", "policymaker"], password=pw)
+    plan = provision.plan_setup(request, provision.read_state(runner, request))
+    provision.apply_plan(runner, plan)
+    exported = provision.read_state(runner, request)
+    listed = provision.read_state_parallel(runner, request)
+    assert listed.vhosts == exported.vhosts
+    assert listed.users[user].tags == exported.users[user].tags == ["management", "policymaker"]
+    assert listed.permissions[(user, vhost)] == exported.permissions[(user, vhost)] == (".*", ".*", ".*")
+    assert listed.password_checked[user] is True  # authenticate_user, password on stdin
+    u = exported.users[user]
+    assert provision.password_matches(u.password_hash, u.hashing_algorithm, pw) is True
+    assert provision.password_matches(u.password_hash, u.hashing_algorithm, pw + "x") is False
+    again = provision.plan_setup(request, listed)
+    assert again.changed is False
+
+
+def test_expected_access_follows_rabbitmq_regex_rules() -> None:
+    exp: Callable[..., dict[str, bool]] = lambda **kw: provision.expected_access(provision.Request(**kw))  # noqa: E731
+    assert exp() == {"configure": True, "write": True, "read": True}
+    assert exp(configure="", write="^amq\\.default$", read="^celery") == {
+        "configure": False,
+        "write": True,
+        "read": True,
+    }
