@@ -534,3 +534,76 @@ def test_expected_access_follows_rabbitmq_regex_rules() -> None:
         "write": True,
         "read": True,
     }
+
+
+def test_failed_verification_is_an_error_and_nothing_is_saved(
+    cli: CliRun, rabbit: RabbitNode, env: dict[str, str], workdir: Path
+) -> None:
+    from celeryctl.rabbitmq.node import pick_free_port
+
+    user, vhost = unique("u"), unique("v")
+    closed = pick_free_port([], {rabbit.port})
+    args = ("setup-broker", "--user", user, "--vhost", vhost, "--port", str(closed))
+    err = error_json(cli(*args, "--json", env=env), 6)
+    assert "verification failed" in err["message"] and str(closed) in err["message"]
+    assert {i["item"]: i["status"] for i in err["details"]["items"]}["user"] == "applied"
+    assert not (workdir / "celeryctl.toml").exists()
+    # The changes stay applied; a run against the right port then verifies them.
+    doc = ok_json(cli("setup-broker", "--user", user, "--vhost", vhost, "--rotate-password", "--json", env=env))
+    assert items(doc)["vhost"] == ("unchanged", "unchanged") and doc["verification"]["ok"] is True
+
+
+def test_node_from_the_environment(cli: CliRun, rabbit: RabbitNode) -> None:
+    env = {
+        "CELERYCTL_NODE": f"nosuch-{uuid.uuid4().hex[:6]}@localhost",
+        "ERL_EPMD_PORT": str(rabbit.info.epmd_port),
+        "HOME": str(rabbit.node.home),
+    }
+    err = error_json(cli("setup-broker", "--json", env=env), 6)
+    assert env["CELERYCTL_NODE"] in err["message"]
+
+
+def test_delete_asks_on_a_terminal(rabbit: RabbitNode, env: dict[str, str], isolated_env: dict[str, str]) -> None:
+    import pty
+    import subprocess
+    import sys
+
+    user, vhost = unique("u"), unique("v")
+    runner = rabbit.runner()
+    runner.run("add_vhost", vhost)
+
+    def delete_with_answer(answer: bytes) -> tuple[int, str]:
+        master, slave = pty.openpty()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celeryctl", "setup-broker", "--delete", "--user", user, "--vhost", vhost],
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            env={**isolated_env, **env},
+        )
+        os.close(slave)
+        seen = b""
+        while b"[y/N]" not in seen:
+            try:
+                chunk = os.read(master, 1024)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        os.write(master, answer)
+        proc.communicate(timeout=60)
+        try:
+            while chunk := os.read(master, 1024):
+                seen += chunk
+        except OSError:
+            pass
+        os.close(master)
+        return proc.returncode, seen.decode(errors="replace")
+
+    code, screen = delete_with_answer(b"n\n")
+    assert code == 11 and "Delete user" in screen and "Traceback" not in screen
+    assert vhost in {v["name"] for v in definitions(rabbit)["vhosts"]}
+    code, screen = delete_with_answer(b"y\n")
+    assert code == 0, screen
+    assert vhost not in {v["name"] for v in definitions(rabbit)["vhosts"]}
