@@ -47,6 +47,11 @@ def doctor(
         render.emit_json(report.to_dict(strict))
     else:
         _print(report, verbose, strict)
+    # celery and kombu leave many objects; freezing them spares the collection at interpreter
+    # exit (~0.1 s of a ~1 s command).
+    import gc
+
+    gc.freeze()
     if report.failed(strict):
         raise typer.Exit(1)
 
