@@ -76,7 +76,7 @@ def _workers(view: TopView) -> Panel:
         ("active", "right"),
         ("last seen", "right"),
     ):
-        table.add_column(col, justify=justify, no_wrap=col == "worker")  # type: ignore[arg-type]
+        table.add_column(col, justify=justify, no_wrap=col == "worker", ratio=1 if col == "worker" else None)  # type: ignore[arg-type]
     for w in view.workers:
         table.add_row(
             w.name,
@@ -110,7 +110,7 @@ def _tasks(view: TopView, width: int) -> Panel:
 
 def _running(view: TopView, limit: int = 10) -> Panel:
     table = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False)
-    table.add_column("task")
+    table.add_column("task", ratio=1)
     table.add_column("id", style="dim", no_wrap=True)
     table.add_column("worker", no_wrap=True)
     table.add_column("runtime", justify="right")
@@ -124,7 +124,7 @@ def _running(view: TopView, limit: int = 10) -> Panel:
 
 def _queues(view: TopView) -> Panel:
     table = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False)
-    table.add_column("queue")
+    table.add_column("queue", ratio=1)
     table.add_column("ready", justify="right")
     table.add_column("unacked", justify="right")
     table.add_column("consumers", justify="right")
@@ -146,7 +146,7 @@ def _failures(view: TopView, limit: int = 5) -> Panel:
     table.add_column("when", no_wrap=True)
     table.add_column("task")
     table.add_column("worker", no_wrap=True)
-    table.add_column("exception", style="red", overflow="fold")
+    table.add_column("exception", style="red", overflow="fold", ratio=1)
     for f in view.failures[:limit]:
         when = time.strftime("%H:%M:%S", time.localtime(f.when))
         table.add_row(when, f.name + (" (retry)" if f.retried else ""), f.worker, f.exception)

@@ -350,6 +350,47 @@ def test_top_prints_one_snapshot_when_not_a_terminal(cli: CliRun, env: Env, work
     assert dead.returncode == 6 and "Traceback" not in dead.output
 
 
+def test_top_live_on_a_terminal_quits_on_q(env: Env, worker: Worker, tmp_path: Path) -> None:
+    """The live dashboard on a real pseudo-terminal: it draws the worker, and q ends it with exit 0."""
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # child: the real CLI on the terminal
+        os.chdir(tmp_path)
+        os.environ.update(
+            {"CELERYCTL_DATA_DIR": str(env.rabbit.data_dir), "PYTHONPATH": str(env.appdir), "COLUMNS": "120"}
+        )
+        os.execv(sys.executable, [sys.executable, "-m", "celeryctl", "top", "-A", MODULE])
+    out = b""
+    sent = False
+    deadline = time.monotonic() + 40
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            if not sent and worker.name.encode() in out and b"q quits" in out:
+                os.write(fd, b"q")
+                sent = True
+    finally:
+        if not sent:
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    text = out.decode(errors="replace")
+    assert sent, text[-2000:]
+    assert os.waitstatus_to_exitcode(status) == 0, text[-2000:]
+    assert "Traceback" not in text
+
+
 class _Proxy:
     """A TCP forwarder to the node that can drop every connection and stop listening (a real outage)."""
 
@@ -543,6 +584,30 @@ def test_flower_refuses_a_public_address_without_auth(cli: CliRun, env: Env) -> 
     assert "Traceback" not in r.output
     bad = cli("flower", "--basic-auth", "justuser", "-A", MODULE, env=env.cli_env())
     assert bad.returncode == 2 and "USER:PASSWORD" in bad.stderr
+
+
+def test_flower_plan_passes_secrets_by_environment_and_the_broker_api(tmp_path: Path) -> None:
+    """A node started with --management (its state file, our own pid as the live process)."""
+    from celeryctl.monitor import flower_plan
+    from celeryctl.rabbitmq.node import NodeInfo
+    from celeryctl.settings import load_settings
+
+    node_dir = tmp_path / "data" / "node"
+    node_dir.mkdir(parents=True)
+    info = NodeInfo("celeryctl-1@localhost", 25672, 25673, 25674, os.getpid(), management_port=25675)
+    (node_dir / "state.json").write_text(json.dumps(info.__dict__))
+    settings = load_settings({}, env={"CELERYCTL_DATA_DIR": str(tmp_path / "data")})
+    plan = flower_plan(
+        settings, "amqp://app:s3cret@127.0.0.1:25672/prod", port=5599, basic_auth="admin:pw", address="127.0.0.1"
+    )
+    assert plan.env["FLOWER_BROKER_API"] == "http://app:s3cret@127.0.0.1:25675/api/"
+    assert plan.env["FLOWER_BASIC_AUTH"] == "admin:pw"
+    assert not any("s3cret" in a or "pw" in a for a in plan.argv)
+    assert plan.broker_api == "http://app:****@127.0.0.1:25675/api/"
+    other = flower_plan(settings, "amqp://app:s3cret@10.0.0.9:5672/prod", address="127.0.0.1")
+    assert "FLOWER_BROKER_API" not in other.env  # not celeryctl's node: no management API to offer
+    public = flower_plan(settings, "amqp://a:b@127.0.0.1:1/x", address="0.0.0.0", unsafe_no_auth=True)
+    assert public.auth is False and "--address=0.0.0.0" in public.argv
 
 
 def test_flower_missing_says_how_to_install_it(cli: CliRun, env: Env, tmp_path: Path) -> None:
