@@ -57,6 +57,11 @@ def main() -> int:
                 result = provision.setup(request, settings)
                 assert result.changed and result.verification and result.verification.ok
 
+            def fresh_default(i: int) -> None:
+                request = provision.Request(user=f"def-{tag}-{i}", vhost=f"defv-{tag}-{i}")
+                result = provision.setup(request, settings)
+                assert result.changed and result.verification and result.verification.ok
+
             fixed = provision.Request(user=f"same-{tag}", vhost=f"samev-{tag}", password="bench-" + tag)
             provision.setup(fixed, settings)
 
@@ -74,14 +79,21 @@ def main() -> int:
 
             runner.run("list_users")  # warm the disk cache
             # Interleaved rounds: anchors and goals see the same machine load.
-            cases = {"one": anchor_one, "tutorial": anchor_tutorial, "rerun": rerun, "fresh": fresh, "cli": cli_rerun}
+            cases = {
+                "one": anchor_one,
+                "tutorial": anchor_tutorial,
+                "rerun": rerun,
+                "fresh": fresh,
+                "fresh_default": fresh_default,
+                "cli": cli_rerun,
+            }
             times: dict[str, list[float]] = {k: [] for k in cases}
             for i in range(rounds):
                 for name, fn in cases.items():
                     started = time.perf_counter()
                     fn(i)
                     times[name].append(time.perf_counter() - started)
-            one, tutorial, no_change, setup_fresh, cli = (statistics.median(times[k]) for k in cases)
+            one, tutorial, no_change, setup_fresh, setup_default, cli = (statistics.median(times[k]) for k in cases)
         finally:
             node.stop()
 
@@ -92,6 +104,9 @@ def main() -> int:
     )
     print(
         f"setup-broker fresh setup incl. verification  {setup_fresh:6.3f} s  = {setup_fresh / tutorial:.2f} x tutorial (goal <= 1.0)"
+    )
+    print(
+        f"  same, default request (no tags: 3 writes) {setup_default:6.3f} s  = {setup_default / tutorial:.2f} x tutorial"
     )
     print(f"(CLI 'celeryctl setup-broker' re-run, whole process: {cli:.3f} s = {cli / one:.2f} x list_users)")
     print(f"median of {rounds} rounds; core function provision.setup() called directly; {os.cpu_count()} CPUs")
