@@ -70,6 +70,9 @@ app.command("flower")(monitor_cmd.flower)
 from celeryctl.cli import doctor as doctor_cmd  # noqa: E402
 
 app.command("doctor")(doctor_cmd.doctor)
+from celeryctl.cli import setup_broker as setup_broker_cmd  # noqa: E402
+
+app.command("setup-broker")(setup_broker_cmd.setup_broker)
 from celeryctl.cli import demo as demo_cmd  # noqa: E402
 from celeryctl.cli import submit as submit_cmd  # noqa: E402
 from celeryctl.cli import worker as worker_cmd  # noqa: E402
