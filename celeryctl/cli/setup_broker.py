@@ -165,10 +165,10 @@ def setup_broker(
     if delete:
         _delete(user, vhost, settings, node, dry_run=dry_run, yes=yes, json_=json_)
         return
-    if password is not None and not quiet:
+    if password is not None:  # on stderr even with --json: it is about the command line just typed
         render.warn("--password is visible to other users of this machine (ps); prefer --password-stdin")
     explicit = provision.read_password(
-        stdin_text=sys.stdin.read() if password_stdin else None, env_var=password_env, text=password
+        stdin_text=_read_stdin() if password_stdin else None, env_var=password_env, text=password
     )
     if tags is not None and all(t == "" for t in tags):
         wanted_tags: list[str] | None = [] if tags else None
@@ -201,6 +201,14 @@ def setup_broker(
         render.emit_json(render.ok_doc(**result.to_dict(show_password=show_password)))
     else:
         _render(result, show_password)
+
+
+def _read_stdin() -> str:
+    if sys.stdin.isatty():  # typed by hand: do not echo it
+        import getpass
+
+        return getpass.getpass("Password: ", stream=sys.stderr)
+    return sys.stdin.read()
 
 
 def _show_partial(exc: CeleryctlError, json_: bool) -> None:

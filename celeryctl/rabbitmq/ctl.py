@@ -216,7 +216,11 @@ def classify_failure(result: CtlResult, node: str | None) -> Exception:
         not_root = node is None and hasattr(os, "geteuid") and os.geteuid() != 0
         return PermissionDeniedError(
             f"{tool} was refused by {target}: the Erlang cookie does not match"
-            + (" (you are not root: the system node's cookie is readable by root and rabbitmq only)" if not_root else ""),
+            + (
+                " (you are not root: the system node's cookie is readable by root and rabbitmq only)"
+                if not_root
+                else ""
+            ),
             "run as the user that owns the node (sudo for the system node), or use the node's HOME",
             details=common,
         )

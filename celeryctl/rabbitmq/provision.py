@@ -773,6 +773,11 @@ def setup(
             )
     if save_to is not None and result.url is not None:
         result.saved_to = save_to
+        source = settings.sources.get("broker_url", "")
+        if source.startswith(("env", "flag")):
+            result.warnings.append(
+                f"the broker URL from {source} overrides the one saved in {save_to}; unset it to use the saved one"
+            )
         result.settings_changed = _saved_url(save_to) != result.url or not _private(save_to)
         if result.settings_changed:
             save_settings(save_to, {"broker_url": result.url})
