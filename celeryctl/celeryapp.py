@@ -26,7 +26,9 @@ def _find_app(module: Any, attribute: str | None, spec: str) -> Celery:
     if attribute:
         obj = getattr(module, attribute, None)
         if not isinstance(obj, Celery):
-            raise AppError(f"{spec}: '{attribute}' is not a Celery app", "point -A at MODULE:ATTRIBUTE holding Celery(...)")
+            raise AppError(
+                f"{spec}: '{attribute}' is not a Celery app", "point -A at MODULE:ATTRIBUTE holding Celery(...)"
+            )
         return obj
     for name in ("app", "celery"):
         obj = getattr(module, name, None)

@@ -14,7 +14,6 @@ fast.  The messages are the ordinary Celery protocol-2 messages that ``apply_asy
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -69,10 +68,12 @@ def parse_kwargs(pairs: list[str] | None, kwargs_json: str | None) -> dict[str, 
         try:
             loaded = json.loads(kwargs_json)
         except ValueError as exc:
-            raise UsageError(f"--kwargs is not valid JSON: {exc}", 'write a JSON object, e.g. --kwargs \'{"x": 1}\'') from None
+            raise UsageError(
+                f"--kwargs is not valid JSON: {exc}", "write a JSON object, e.g. --kwargs '{\"x\": 1}'"
+            ) from None
         if not isinstance(loaded, dict):
             raise UsageError(
-                f"--kwargs must be a JSON object, got {type(loaded).__name__}", 'e.g. --kwargs \'{"x": 1}\''
+                f"--kwargs must be a JSON object, got {type(loaded).__name__}", "e.g. --kwargs '{\"x\": 1}'"
             )
         kwargs.update(loaded)
     for pair in pairs or []:
@@ -149,7 +150,7 @@ def _library_errors() -> tuple[type[BaseException], ...]:
     import amqp.exceptions
     import kombu.exceptions
 
-    return (kombu.exceptions.OperationalError, amqp.exceptions.AMQPError, OSError, socket.timeout)
+    return (kombu.exceptions.OperationalError, amqp.exceptions.AMQPError, OSError, TimeoutError)
 
 
 def send(
@@ -314,9 +315,9 @@ def wait(
     if state == "SUCCESS":
         outcome.result = result.result
     else:
-        exc = result.result
-        outcome.exc_type = type(exc).__name__ if isinstance(exc, BaseException) else state
-        outcome.exc_message = str(exc) if exc is not None else ""
+        error = result.result
+        outcome.exc_type = type(error).__name__ if isinstance(error, BaseException) else state
+        outcome.exc_message = str(error) if error is not None else ""
         outcome.traceback = result.traceback
     report(Event(task_id, state, outcome.seconds, outcome.result if outcome.ok else None))
     return outcome
@@ -479,7 +480,7 @@ def send_many(
             while True:
                 try:
                     transport_conn.drain_events(timeout=0 if confirms.unconfirmed <= block_until else 1.0)
-                except socket.timeout:
+                except TimeoutError:
                     if confirms.unconfirmed <= block_until:
                         return
                 if time.monotonic() > deadline:

@@ -18,30 +18,55 @@ def submit(
     task: Annotated[str, typer.Argument(help="Task name: short (add) or full (test_celery.tasks.longtime_add).")],
     args: Annotated[
         list[str] | None,
-        typer.Argument(help="Positional arguments; each is read as JSON when it parses (1, true, \"x\"), else as a string."),
+        typer.Argument(
+            help='Positional arguments; each is read as JSON when it parses (1, true, "x"), else as a string.'
+        ),
     ] = None,
     kw: Annotated[
         list[str] | None,
-        typer.Option("--kw", "-k", help="Keyword argument KEY=VALUE (VALUE read as JSON when it parses); repeatable.", show_default=False),
+        typer.Option(
+            "--kw",
+            "-k",
+            help="Keyword argument KEY=VALUE (VALUE read as JSON when it parses); repeatable.",
+            show_default=False,
+        ),
     ] = None,
     kwargs_json: Annotated[
-        str | None, typer.Option("--kwargs", help='Keyword arguments as one JSON object, e.g. {"seconds": 2}.', show_default=False)
+        str | None,
+        typer.Option("--kwargs", help='Keyword arguments as one JSON object, e.g. {"seconds": 2}.', show_default=False),
     ] = None,
-    wait: Annotated[bool, typer.Option("--wait", "-w", help="Wait for the result, with a live display on stderr.")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", "-w", help="Wait for the result, with a live display on stderr.")
+    ] = False,
     timeout: Annotated[
         float | None,
-        typer.Option("--timeout", "-t", help="With --wait: give up waiting after this many seconds (exit 8).", show_default=False),
+        typer.Option(
+            "--timeout", "-t", help="With --wait: give up waiting after this many seconds (exit 8).", show_default=False
+        ),
     ] = None,
     countdown: Annotated[
-        float | None, typer.Option("--countdown", help="Run no earlier than this many seconds from now.", show_default=False)
+        float | None,
+        typer.Option("--countdown", help="Run no earlier than this many seconds from now.", show_default=False),
     ] = None,
     eta: Annotated[
         str | None,
-        typer.Option("--eta", help="Run no earlier than this ISO 8601 time (UTC when no zone is given).", show_default=False),
+        typer.Option(
+            "--eta", help="Run no earlier than this ISO 8601 time (UTC when no zone is given).", show_default=False
+        ),
     ] = None,
-    queue: Annotated[str | None, typer.Option("--queue", "-Q", help="Queue to send to (default: the app's routing).", show_default=False)] = None,
-    priority: Annotated[int | None, typer.Option("--priority", help="Message priority 0-9.", show_default=False)] = None,
-    count: Annotated[int, typer.Option("--count", "-n", help="Submit this many copies (progress bars for publishing and, with --wait, completion).")] = 1,
+    queue: Annotated[
+        str | None,
+        typer.Option("--queue", "-Q", help="Queue to send to (default: the app's routing).", show_default=False),
+    ] = None,
+    priority: Annotated[
+        int | None, typer.Option("--priority", help="Message priority 0-9.", show_default=False)
+    ] = None,
+    count: Annotated[
+        int,
+        typer.Option(
+            "--count", "-n", help="Submit this many copies (progress bars for publishing and, with --wait, completion)."
+        ),
+    ] = 1,
     app_spec: AppOpt = None,
     broker: BrokerOpt = None,
     backend: BackendOpt = None,
@@ -184,6 +209,16 @@ def _bar(label: str, total: int, *, quiet: bool) -> Iterator[Callable[[int, str]
         yield advance
 
 
+def _retry_reason(meta: Any) -> str:
+    """``FlakyError: planned failure 1 of 2`` from a RETRY state's exception meta."""
+    if not isinstance(meta, dict):
+        return str(meta)
+    message = meta.get("exc_message", "")
+    if isinstance(message, (list, tuple)):
+        message = ", ".join(str(m) for m in message)
+    return f"{meta.get('exc_type', 'error')}: {message}"
+
+
 _STATE_STYLE = {
     "PENDING": "dim",
     "STARTED": "cyan",
@@ -210,8 +245,8 @@ def _live_state(name: str, task_id: str, *, quiet: bool) -> Iterator[Callable[[A
             line = f"{event.state}"
             if event.current is not None and event.total:
                 line += f" {event.current:g}/{event.total:g}"
-            if event.state == "RETRY" and isinstance(event.meta, dict):
-                line += f" ({event.meta.get('exc_type', '')}: {event.meta.get('exc_message', '')})"
+            if event.state == "RETRY":
+                line += f" ({_retry_reason(event.meta)})"
             if not last or last[-1] != line:
                 last.append(line)
                 render.err.print(f"{name}[{task_id}] {line} ({event.elapsed:.1f} s)", markup=False)
@@ -241,7 +276,11 @@ def _live_state(name: str, task_id: str, *, quiet: bool) -> Iterator[Callable[[A
                 retries[0] += 1
             state = f"[{style}]{escape(event.state)}[/]" if style else escape(event.state)
             if retries[0]:
-                state += f" [yellow](retries {retries[0]})[/]"
+                state += (
+                    f" [yellow](retry {retries[0]}: {escape(_retry_reason(event.meta))})[/]"
+                    if event.state == "RETRY"
+                    else f" [yellow](retries {retries[0]})[/]"
+                )
             fields: dict[str, Any] = {"state": state}
             if event.current is not None and event.total:
                 fields.update(total=event.total, completed=event.current, step=f"{event.current:g}/{event.total:g}")

@@ -22,20 +22,30 @@ def worker(
     ] = None,
     queues: Annotated[
         list[str] | None,
-        typer.Option("--queues", "-Q", help="Queues to consume, comma-separated or repeated (default celery).", show_default=False),
+        typer.Option(
+            "--queues",
+            "-Q",
+            help="Queues to consume, comma-separated or repeated (default celery).",
+            show_default=False,
+        ),
     ] = None,
-    loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="DEBUG, INFO, WARNING, ERROR or CRITICAL.")] = "INFO",
+    loglevel: Annotated[
+        str, typer.Option("--loglevel", "-l", help="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+    ] = "INFO",
     pool: Annotated[
         str | None,
         typer.Option("--pool", "-P", help="prefork (default), solo, threads, eventlet or gevent.", show_default=False),
     ] = None,
     hostname: Annotated[
-        str | None, typer.Option("--hostname", "-n", help="Node name, e.g. w1@%h (default celery@HOST).", show_default=False)
+        str | None,
+        typer.Option("--hostname", "-n", help="Node name, e.g. w1@%h (default celery@HOST).", show_default=False),
     ] = None,
     beat: Annotated[bool, typer.Option("--beat", "-B", help="Also run the beat scheduler in this worker.")] = False,
     wait_for_broker: Annotated[
         float,
-        typer.Option("--wait-for-broker", help="Keep trying to reach the broker for this many seconds before giving up."),
+        typer.Option(
+            "--wait-for-broker", help="Keep trying to reach the broker for this many seconds before giving up."
+        ),
     ] = 0.0,
     durable: Annotated[
         bool,

@@ -1,0 +1,374 @@
+"""celeryctl worker and submit against the real node, with real worker processes.
+
+Each worker runs ``python -m celeryctl worker`` in a subprocess on a vhost of its own (so other
+test modules' workers and tasks never cross), is waited for with ``app.control.ping`` and is
+stopped with SIGTERM (warm shutdown) at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from celeryctl.rabbitmq.node import pick_free_port
+from tests.conftest import REPO, CliRun, RabbitNode, wait_for
+
+FIXTURES = REPO / "tests" / "fixtures"
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def make_vhost(rabbit: RabbitNode, prefix: str) -> str:
+    """A fresh vhost that guest may use; returns its AMQP URL."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    runner = rabbit.runner()
+    runner.run("add_vhost", name)
+    runner.run("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    return f"amqp://guest:guest@127.0.0.1:{rabbit.port}/{name}"
+
+
+def ping(url: str, node: str) -> bool:
+    from celery import Celery
+
+    probe = Celery("celeryctl-test-ping", broker=url)
+    try:
+        return bool(probe.control.ping(destination=[node], timeout=0.5))
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+    finally:
+        probe.close()
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    @property
+    def stderr(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait(10)
+        return int(self.proc.returncode)
+
+
+def start_worker(url: str, log: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Worker:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CELERYCTL_")}
+    base.update({"PYTHONUNBUFFERED": "1", "COLUMNS": "200", "CELERYCTL_DATA_DIR": str(log.parent / "data")})
+    base.update(env or {})
+    node = f"w{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celeryctl", "worker", "-c", "2", "-l", "INFO", "-n", node, *args],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=base,
+            cwd=cwd or log.parent,
+        )
+    worker = Worker(proc, url, log)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"worker exited with {proc.returncode}:\n{worker.stderr}")
+        return ping(url, node)
+
+    wait_for(ready, timeout=60, interval=0.2, what="the worker to answer a ping")
+    return worker
+
+
+@pytest.fixture(scope="module")
+def demo_url(rabbit: RabbitNode) -> str:
+    return make_vhost(rabbit, "celeryctl-ws")
+
+
+@pytest.fixture(scope="module")
+def demo_worker(demo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    log = tmp_path_factory.mktemp("demo-worker") / "worker.log"
+    worker = start_worker(demo_url, log, env={"CELERYCTL_BROKER_URL": demo_url})
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+@pytest.fixture
+def env(demo_url: str) -> dict[str, str]:
+    return {"CELERYCTL_BROKER_URL": demo_url}
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def test_worker_banner_shows_masked_broker_tasks_and_durable_defaults(demo_worker: Worker) -> None:
+    text = demo_worker.stderr
+    assert "celeryctl worker" in text
+    assert "guest:****@127.0.0.1" in text and "guest:guest@" not in text
+    for name in ("add", "mul", "longtime_add", "sleep", "fail", "flaky"):
+        assert f"celeryctl.demo.{name}" in text
+    assert "task_acks_late=True" in text and "worker_prefetch_multiplier=1" in text
+    assert "concurrency  2 (prefork)" in text
+
+
+def test_worker_with_broker_down_fails_fast_and_clearly(cli: CliRun) -> None:
+    port = pick_free_port([], set())
+    r = cli("worker", "--broker", f"amqp://guest:guest@127.0.0.1:{port}//")
+    assert r.returncode == 6, r.output
+    assert "cannot reach the broker" in r.stderr and "Traceback" not in r.output
+
+
+def test_worker_sigterm_finishes_the_running_task(demo_url: str, tmp_path: Path, isolated_env: dict[str, str]) -> None:
+    queue = f"warm-{uuid.uuid4().hex[:6]}"
+    worker = start_worker(demo_url, tmp_path / "warm.log", "-Q", queue, env={"CELERYCTL_BROKER_URL": demo_url})
+    client_log = tmp_path / "client.err"
+    with open(client_log, "wb") as err:
+        client = subprocess.Popen(
+            [sys.executable, "-m", "celeryctl", "submit", "sleep", "2", "--queue", queue, "--wait"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env={**isolated_env, "CELERYCTL_BROKER_URL": demo_url},
+            cwd=tmp_path,
+        )
+    try:
+        wait_for(lambda: "STARTED" in client_log.read_text(), timeout=30, what="the task to start")
+    except BaseException:
+        client.kill()
+        worker.stop()
+        raise
+    worker.proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = client.communicate(timeout=60)
+        assert client.returncode == 0, client_log.read_text()
+        assert json.loads(out) == 2.0
+        assert "SUCCESS" in client_log.read_text()
+        assert worker.proc.wait(30) == 0
+    finally:
+        client.kill()
+        worker.stop()
+    assert "Warm shutdown" in worker.stderr or "warm shutdown" in worker.stderr.lower()
+
+
+# --------------------------------------------------------------------------- submit, each demo task
+
+
+def test_submit_without_wait_prints_the_confirmed_id(cli: CliRun, env: dict[str, str], demo_worker: Worker) -> None:
+    r = cli("submit", "add", "1", "2", env=env)
+    assert r.returncode == 0, r.output
+    assert UUID.match(r.stdout.strip())
+
+
+def test_submit_add_wait_prints_result_and_states(cli: CliRun, env: dict[str, str], demo_worker: Worker) -> None:
+    r = cli("submit", "add", "1", "2", "--wait", env=env)
+    assert r.returncode == 0, r.output
+    assert r.stdout.strip() == "3"
+    assert "STARTED" in r.stderr and "SUCCESS" in r.stderr
+
+
+def test_submit_mul_json(cli: CliRun, env: dict[str, str], demo_worker: Worker) -> None:
+    r = cli("submit", "celeryctl.demo.mul", "6", "7", "--wait", "--json", env=env)
+    doc = r.json()
+    assert r.returncode == 0 and doc["ok"] is True
+    assert doc["result"] == 42 and doc["state"] == "SUCCESS" and doc["task"] == "celeryctl.demo.mul"
+    assert UUID.match(doc["task_id"])
+
+
+def test_submit_args_are_json_or_strings(cli: CliRun, env: dict[str, str], demo_worker: Worker) -> None:
+    r = cli("submit", "add", "ab", "cd", "--wait", env=env)
+    assert r.stdout.strip() == '"abcd"', r.output
+    r = cli("submit", "add", "[1]", "[2, 3]", "--wait", env=env)
+    assert json.loads(r.stdout) == [1, 2, 3], r.output
+    r = cli("submit", "add", "--kwargs", '{"x": 1.5}', "-k", "y=2", "--wait", env=env)
+    assert json.loads(r.stdout) == 3.5, r.output
+
+
+def test_submit_longtime_add_reports_progress(cli: CliRun, env: dict[str, str], demo_worker: Worker) -> None:
+    r = cli("submit", "longtime_add", "1", "2", "-k", "seconds=2", "--wait", env=env)
+    assert r.returncode == 0, r.output
+    assert r.stdout.strip() == "3"
+    assert "PROGRESS 1/2" in r.stderr and "PROGRESS 2/2" in r.stderr
+
+
+def test_submit_fail_exits_1_with_remote_exception(cli: CliRun, env: dict[str, str], demo_worker: Worker) -> None:
+    r = cli("submit", "fail", "boom", "--wait", env=env)
+    assert r.returncode == 1, r.output
+    assert "DemoFailure: boom" in r.stderr
+    assert "Traceback" not in r.output
+    verbose = cli("submit", "fail", "bang", "--wait", "-v", env=env)
+    assert verbose.returncode == 1
+    assert "DemoFailure: bang" in verbose.stderr and "raise DemoFailure" in verbose.stderr  # the remote traceback
+    js = cli("submit", "fail", "json", "--wait", "--json", env=env)
+    doc = js.json()
+    assert js.returncode == 1 and doc["ok"] is False and doc["error"]["code"] == "task_failed"
+    assert doc["error"]["details"]["exception"] == {"type": "DemoFailure", "message": "json"}
+
+
+def test_submit_flaky_shows_retries(cli: CliRun, env: dict[str, str], demo_worker: Worker) -> None:
+    r = cli("submit", "flaky", "2", "-k", "backoff=0.1", "--wait", "--json", env=env)
+    assert r.returncode == 0, r.output
+    doc = r.json()
+    assert doc["result"] == 3 and doc["retries"] == 2 and "RETRY" in doc["states"]
+    r = cli("submit", "flaky", "1", "-k", "backoff=0.1", "--wait", env=env)
+    assert r.returncode == 0 and r.stdout.strip() == "2", r.output
+    assert "RETRY (FlakyError: planned failure 1 of 1)" in r.stderr
+
+
+def test_submit_sleep_timeout_exits_8(cli: CliRun, env: dict[str, str], demo_worker: Worker) -> None:
+    r = cli("submit", "sleep", "3", "--wait", "--timeout", "0.5", env=env)
+    assert r.returncode == 8, r.output
+    assert "may still be running" in r.stderr and "Traceback" not in r.output
+
+
+def test_submit_count(cli: CliRun, env: dict[str, str], demo_worker: Worker) -> None:
+    r = cli("submit", "add", "1", "2", "--count", "300", "--wait", "--json", env=env)
+    assert r.returncode == 0, r.output
+    doc = r.json()
+    assert (doc["submitted"], doc["succeeded"], doc["failed"]) == (300, 300, 0)
+    assert doc["rate"] > 0 and doc["seconds"] > 0
+    ids = cli("submit", "mul", "2", "2", "--count", "20", env=env)
+    assert ids.returncode == 0, ids.output
+    lines = ids.stdout.split()
+    assert len(lines) == 20 and len(set(lines)) == 20 and all(UUID.match(x) for x in lines)
+
+
+def test_submit_count_with_failures_exits_1(cli: CliRun, env: dict[str, str], demo_worker: Worker) -> None:
+    r = cli("submit", "fail", "x", "--count", "5", "--wait", "--json", env=env)
+    assert r.returncode == 1, r.output
+    doc = r.json()
+    assert (doc["submitted"], doc["succeeded"], doc["failed"]) == (5, 0, 5)
+
+
+def test_submit_eta_and_countdown(cli: CliRun, env: dict[str, str], demo_worker: Worker) -> None:
+    eta = (datetime.now(timezone.utc) + timedelta(seconds=1.5)).isoformat()
+    r = cli("submit", "add", "2", "3", "--eta", eta, "--wait", "--json", env=env)
+    assert r.returncode == 0, r.output
+    doc = r.json()
+    assert doc["result"] == 5
+    assert doc["seconds"] >= 1.0  # it did not run before its ETA
+    r = cli("submit", "add", "1", "1", "--countdown", "1", "--wait", "--json", env=env)
+    assert r.returncode == 0 and r.json()["result"] == 2, r.output
+
+
+# --------------------------------------------------------------------------- submit errors
+
+
+def test_unknown_task_lists_closest_names(cli: CliRun, env: dict[str, str]) -> None:
+    r = cli("submit", "ad", "1", "2", env=env)
+    assert r.returncode == 10, r.output
+    assert "unknown task 'ad'" in r.stderr and "celeryctl.demo.add" in r.stderr
+    assert "Traceback" not in r.output
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--kwargs", "{bad"], "--kwargs is not valid JSON"),
+        (["--kwargs", "[1]"], "must be a JSON object"),
+        (["-k", "novalue"], "KEY=VALUE"),
+        (["--priority", "12"], "between 0 and 9"),
+        (["--eta", "tomorrow"], "ISO 8601"),
+        (["--count", "0"], "--count"),
+        (["--eta", "2030-01-01T00:00:00", "--countdown", "3"], "cannot be used together"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(cli: CliRun, args: list[str], needle: str) -> None:
+    r = cli("submit", "add", "1", "2", *args)
+    assert r.returncode == 2, r.output
+    assert needle in r.stderr and "Traceback" not in r.output
+
+
+def test_app_import_error_is_one_line_exit_10(cli: CliRun, tmp_path: Path) -> None:
+    work = tmp_path / "app"
+    work.mkdir()
+    (work / "broken_app.py").write_text("import does_not_exist_xyz\n")
+    for command in (["submit", "-A", "broken_app", "add", "1", "2"], ["worker", "-A", "broken_app"]):
+        r = cli(*command, cwd=work)
+        assert r.returncode == 10, r.output
+        assert "broken_app" in r.stderr and "does_not_exist_xyz" in r.stderr
+        assert "Traceback" not in r.output
+        assert r.stderr.count("error:") == 1
+
+
+def test_broker_down_is_a_clear_error(cli: CliRun) -> None:
+    port = pick_free_port([], set())
+    r = cli("submit", "add", "1", "2", "--broker", f"amqp://guest:secret@127.0.0.1:{port}//")
+    assert r.returncode == 6, r.output
+    assert "nothing was submitted" in r.stderr and "Traceback" not in r.output
+    assert "secret" not in r.output
+    js = cli(
+        "submit", "add", "1", "2", "--count", "10", "--json", "--broker", f"amqp://guest:secret@127.0.0.1:{port}//"
+    )
+    assert js.returncode == 6 and js.json()["error"]["code"] == "unreachable"
+
+
+# --------------------------------------------------------------------------- the tutorial's project
+
+
+@pytest.fixture(scope="module")
+def tutorial(rabbit: RabbitNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """A worker for the tutorial's test_celery app, started by celeryctl; the app keeps its broker."""
+    url = make_vhost(rabbit, "celeryctl-tut")
+    log = tmp_path_factory.mktemp("tutorial-worker") / "worker.log"
+    worker = start_worker(url, log, "-A", "test_celery", env={"TEST_CELERY_BROKER": url}, cwd=FIXTURES)
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+def test_tutorial_worker_uses_the_apps_own_broker(tutorial: Worker) -> None:
+    vhost = tutorial.url.rsplit("/", 1)[1]
+    assert vhost in tutorial.stderr  # the banner shows the app's own broker (from TEST_CELERY_BROKER)
+    assert "test_celery.tasks.longtime_add" in tutorial.stderr
+
+
+def test_tutorial_submit_through_celeryctl(cli: CliRun, tutorial: Worker) -> None:
+    env = {"TEST_CELERY_BROKER": tutorial.url}
+    r = cli("submit", "-A", "test_celery", "longtime_add", "1", "2", "-k", "seconds=1", "--wait", env=env, cwd=FIXTURES)
+    assert r.returncode == 0, r.output
+    assert r.stdout.strip() == "3"
+
+
+def test_tutorial_broker_flag_and_env_override_the_app(cli: CliRun, tutorial: Worker) -> None:
+    # The app's own broker is the tutorial's jimmy@localhost; explicit settings win over it.
+    args = ("submit", "-A", "test_celery", "test_celery.tasks.longtime_add", "2", "3", "-k", "seconds=0", "--wait")
+    r = cli(*args, "--broker", tutorial.url, cwd=FIXTURES)
+    assert r.returncode == 0 and r.stdout.strip() == "5", r.output
+    r = cli(*args, env={"CELERYCTL_BROKER_URL": tutorial.url}, cwd=FIXTURES)
+    assert r.returncode == 0 and r.stdout.strip() == "5", r.output
+    # Without them the app keeps its own (unreachable here) broker.
+    r = cli(*args, cwd=FIXTURES)
+    assert r.returncode in (6, 7), r.output
+    assert "jimmy:****@localhost" in r.stderr and "jimmy123" not in r.output
+
+
+def test_tutorial_run_tasks_gets_its_result(tutorial: Worker, isolated_env: dict[str, str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "test_celery.run_tasks"],
+        cwd=FIXTURES,
+        env={**isolated_env, "TEST_CELERY_BROKER": tutorial.url},
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Task finished?  False" in proc.stdout
+    assert proc.stdout.rstrip().endswith("Task result:  3")
