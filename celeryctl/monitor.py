@@ -280,15 +280,25 @@ def inspect_workers(
 
     Returns (workers sorted by name, {worker: [active task dicts]}).
     """
-    stats = app.control.inspect(timeout=timeout).stats() or {}
-    workers = {name: _worker_from_stats(name, s) for name, s in stats.items() if isinstance(s, dict)}
-    active: dict[str, list[dict[str, Any]]] = {}
+    from kombu.exceptions import OperationalError
+
+    try:
+        stats = app.control.inspect(timeout=timeout).stats() or {}
+        workers = {name: _worker_from_stats(name, s) for name, s in stats.items() if isinstance(s, dict)}
+        active: dict[str, list[dict[str, Any]]] = {}
+        queues: dict[str, Any] = {}
+        if workers:
+            # Addressed to the workers that answered, with a limit: returns as soon as all did.
+            names = sorted(workers)
+            follow = app.control.inspect(timeout=max(timeout, 1.0), destination=names, limit=len(names))
+            active = {k: v for k, v in (follow.active() or {}).items() if isinstance(v, list)}
+            queues = follow.active_queues() or {}
+    except (OperationalError, OSError) as exc:
+        raise UnreachableError(
+            f"lost the broker at {mask_url(str(app.conf.broker_url))} while asking the workers: {_describe(exc)}",
+            "check that the broker is running (celeryctl broker status) and try again",
+        ) from None
     if workers:
-        # Addressed to the workers that answered, with a limit: returns as soon as all did.
-        names = sorted(workers)
-        follow = app.control.inspect(timeout=max(timeout, 1.0), destination=names, limit=len(names))
-        active = {k: v for k, v in (follow.active() or {}).items() if isinstance(v, list)}
-        queues = follow.active_queues() or {}
         for name, tasks in active.items():
             if name in workers:
                 workers[name].active = len(tasks)
