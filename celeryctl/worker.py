@@ -11,12 +11,16 @@ SIGTERM and Ctrl-C give Celery's warm shutdown: the tasks in progress finish fir
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from celeryctl.celeryapp import apply_durable_defaults, ensure_broker, task_names
-from celeryctl.errors import UsageError
-from celeryctl.settings import mask_url
+from celeryctl.errors import CeleryctlError, ExitCode, TimeoutError_, UsageError
+from celeryctl.settings import Settings, mask_url
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -118,3 +122,151 @@ def run(app: Celery, plan: WorkerPlan) -> int:
     except ClickException as exc:  # Celery's own click, for options after "--"
         raise UsageError(f"celery worker: {exc.format_message()}", "see: celery worker --help") from None
     return int(code or 0)
+
+
+# --------------------------------------------------------------------------- a worker in the background
+
+
+class BackgroundWorker:
+    """``celeryctl worker`` in a subprocess, for ``celeryctl demo``: started, pinged, stopped warmly.
+
+    The broker URL goes to the child in its environment (``CELERYCTL_BROKER_URL``), never in argv.
+    """
+
+    def __init__(
+        self,
+        broker_url: str,
+        log_file: Path,
+        *,
+        app: str | None = None,
+        queue: str | None = None,
+        concurrency: int = 2,
+    ) -> None:
+        import socket
+        import uuid
+
+        self.broker_url = broker_url
+        self.log_file = log_file
+        self.app = app
+        self.queue = queue
+        self.concurrency = concurrency
+        self.node = f"celeryctl-demo-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        import sys
+
+        argv = [sys.executable, "-m", "celeryctl", "worker", "-c", str(self.concurrency), "-n", self.node]
+        if self.app:
+            argv += ["-A", self.app]
+        if self.queue:
+            argv += ["-Q", self.queue]
+        env = {**os.environ, "CELERYCTL_BROKER_URL": self.broker_url, "PYTHONUNBUFFERED": "1"}
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "wb") as log:
+            self.proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            )
+        self.wait_ready(timeout)
+
+    def _tail(self, lines: int = 15) -> list[str]:
+        try:
+            return self.log_file.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return []
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until the worker answers a ping; a worker that exits or stays silent is an error."""
+        import time
+
+        from celery import Celery
+
+        probe = Celery("celeryctl-ping", broker=self.broker_url)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise WorkerError(
+                        f"the worker exited with code {self.proc.returncode} before it was ready",
+                        f"its log: {self.log_file}",
+                        details={"log_tail": self._tail()},
+                    )
+                try:
+                    if probe.control.ping(destination=[self.node], timeout=0.5):
+                        return
+                except Exception:  # noqa: BLE001, S110 - not up yet; the deadline decides
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError_(
+                        f"the worker did not answer within {timeout:g} s",
+                        f"its log: {self.log_file}",
+                        details={"log_tail": self._tail()},
+                    )
+        finally:
+            probe.close()
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (warm shutdown: running tasks finish), then SIGKILL after ``timeout``."""
+        import signal
+
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+class WorkerError(CeleryctlError):
+    exit_code = ExitCode.FAILED
+    code = "worker_failed"
+
+
+@dataclass
+class DemoSession:
+    app: Celery
+    broker: str  # masked
+    node_started: bool
+    worker: BackgroundWorker
+    queue: str
+
+
+@contextmanager
+def demo_session(
+    settings: Settings, *, port: int | None = None, on_progress: Callable[[str], None] | None = None
+) -> Iterator[DemoSession]:
+    """Broker (celeryctl's node, started or reused, unless a broker is configured), then a worker.
+
+    The worker consumes a queue of its own, so that other workers on the broker never take the
+    demo's task; it is stopped on the way out, the broker is left running.
+    """
+    from celeryctl.celeryapp import load_app
+    from celeryctl.rabbitmq.node import Node
+
+    say = on_progress or (lambda _m: None)
+    node_started = False
+    if settings.broker_url:
+        url = settings.broker_url
+    else:
+        say("starting (or reusing) celeryctl's private RabbitMQ node")
+        info, node_started = Node(settings.data_dir / "node").start(port, on_progress=say)
+        url = info.url
+        settings.broker_url = url
+        settings.sources["broker_url"] = "celeryctl node"
+    ensure_broker(url)
+    app = load_app(None, settings, explicit=frozenset({"broker_url"}))
+    queue = "celeryctl.demo"
+    worker = BackgroundWorker(url, settings.data_dir / "demo-worker.log", queue=queue)
+    say("starting a worker")
+    worker.start()
+    try:
+        yield DemoSession(app, mask_url(url), node_started, worker, queue)
+    finally:
+        say("stopping the worker")
+        worker.stop()
