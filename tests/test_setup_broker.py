@@ -607,3 +607,12 @@ def test_delete_asks_on_a_terminal(rabbit: RabbitNode, env: dict[str, str], isol
     code, screen = delete_with_answer(b"y\n")
     assert code == 0, screen
     assert vhost not in {v["name"] for v in definitions(rabbit)["vhosts"]}
+
+
+def test_no_celeryctl_node_and_no_system_node(cli: CliRun, rabbit: RabbitNode) -> None:
+    # The isolated data dir has no node, so the system node is the target; it is not running.
+    # The session node's epmd answers for it (so no system epmd is started and left behind).
+    env = {"ERL_EPMD_PORT": str(rabbit.info.epmd_port), "HOME": str(rabbit.node.home)}
+    err = error_json(cli("setup-broker", "--json", env=env), 6)
+    assert err["message"] == "the system RabbitMQ node is not running"
+    assert "celeryctl broker start" in err["hint"] and "system service" in err["hint"]

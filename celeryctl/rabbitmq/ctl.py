@@ -237,7 +237,7 @@ def classify_failure(result: CtlResult, node: str | None) -> Exception:
         or "target node is not running" in low
     ):
         return UnreachableError(
-            f"RabbitMQ node {target} is not running",
+            f"RabbitMQ node {node} is not running" if node else "the system RabbitMQ node is not running",
             "start one with: celeryctl broker start (or start the system service)",
             details=common,
         )
