@@ -21,9 +21,8 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 from celeryctl.errors import (
@@ -39,6 +38,8 @@ if TYPE_CHECKING:
     from celery import Celery
 
     from celeryctl.rabbitmq.ctl import Runner
+
+T = TypeVar("T")
 
 #: How long ``status`` waits for workers to answer the first broadcast.
 DEFAULT_INSPECT_TIMEOUT = 0.5
@@ -469,6 +470,28 @@ def purge(url: str, queue: str) -> int:
 # --------------------------------------------------------------------------- status
 
 
+def _in_background(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Callable[[], T]:
+    """Run ``fn`` in a daemon thread; the returned function waits for its result (or raises)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="celeryctl-background", daemon=True)
+    thread.start()
+
+    def result() -> T:
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]  # type: ignore[no-any-return]
+
+    return result
+
+
 def status(
     app: Celery,
     settings: Settings,
@@ -480,24 +503,24 @@ def status(
     """One snapshot: workers (through remote control) and queues, asked at the same time."""
     started = time.monotonic()
     url = str(app.conf.broker_url)
-    check_broker(url)
     runner = local_node_runner(settings, url)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # rabbitmqctl boots an Erlang VM (~0.5 s): run it while the workers answer.
-        ctl_future = (
-            pool.submit(queues_via_ctl, runner, vhost_of(url), include_internal=include_internal) if runner else None
-        )
-        workers, _active = inspect_workers(app, timeout)
-        names = [*app_queue_names(app), *(q for w in workers for q in w.queues), *queues]
-        report: QueueReport | None = None
-        if ctl_future is not None:
-            try:
-                listed = ctl_future.result()
-                present = {q.name for q in listed}
-                wanted = list(dict.fromkeys(queues))
-                report = QueueReport(vhost_of(url), "rabbitmqctl", listed, [n for n in wanted if n not in present])
-            except CeleryctlError:
-                report = None
+    # rabbitmqctl boots an Erlang VM (~0.5 s): start it first and let it run while the broker
+    # is checked and the workers answer.  A daemon thread: an error exit does not wait for it.
+    listing = (
+        _in_background(queues_via_ctl, runner, vhost_of(url), include_internal=include_internal) if runner else None
+    )
+    check_broker(url)
+    workers, _active = inspect_workers(app, timeout)
+    names = [*app_queue_names(app), *(q for w in workers for q in w.queues), *queues]
+    report: QueueReport | None = None
+    if listing is not None:
+        try:
+            listed = listing()
+            present = {q.name for q in listed}
+            wanted = list(dict.fromkeys(queues))
+            report = QueueReport(vhost_of(url), "rabbitmqctl", listed, [n for n in wanted if n not in present])
+        except CeleryctlError:
+            report = None
     if report is None:
         found, missing = queues_via_amqp(url, names)
         report = QueueReport(vhost_of(url), "amqp", found, [m for m in missing if m in set(queues)])
