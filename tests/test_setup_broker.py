@@ -278,8 +278,15 @@ def test_dry_run_leaves_the_broker_exactly_as_it_was(
 ) -> None:
     user, vhost = unique("u"), unique("v")
     before = snapshot(rabbit)
-    doc = ok_json(cli("setup-broker", "--user", user, "--vhost", vhost, "--dry-run", "--json", env=env))
-    assert doc["dry_run"] is True and doc["changed"] is True
+    # --data-dir (over the isolated CELERYCTL_DATA_DIR) picks the session node too.
+    flag_env = {"CELERYCTL_RABBITMQ_BIN_DIR": env["CELERYCTL_RABBITMQ_BIN_DIR"]}
+    doc = ok_json(
+        cli(
+            "setup-broker", "--user", user, "--vhost", vhost, "--dry-run", "--json",
+            "--data-dir", str(rabbit.data_dir), env=flag_env,
+        )
+    )  # fmt: skip
+    assert doc["dry_run"] is True and doc["changed"] is True and rabbit.name in doc["node"]
     assert {s for _a, s in items(doc).values()} == {"planned"}
     assert doc["verification"] is None and doc["url"] is None
     human = cli("setup-broker", "--user", user, "--vhost", vhost, "--dry-run", "--tags", "x", env=env)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from celeryctl import render
-from celeryctl.cli.options import ConfigOpt, JsonOpt, resolve
+from celeryctl.cli.options import ConfigOpt, DataDirOpt, JsonOpt, resolve
 from celeryctl.errors import CeleryctlError
 from celeryctl.rabbitmq import provision
 from celeryctl.settings import mask_url
@@ -149,6 +149,7 @@ def setup_broker(
         bool, typer.Option("--delete", help="Delete the user and the vhost (with its queues) instead.")
     ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before --delete.")] = False,
+    data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -160,7 +161,7 @@ def setup_broker(
     A second identical run changes nothing. Default: user celery, vhost celery, permissions
     '.*' '.*' '.*' on that vhost only.
     """
-    settings = resolve(config, node=node)
+    settings = resolve(config, node=node, data_dir=data_dir)
     quiet = json_
     if delete:
         _delete(user, vhost, settings, node, dry_run=dry_run, yes=yes, json_=json_)
