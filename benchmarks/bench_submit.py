@@ -1,0 +1,226 @@
+"""Benchmark: celeryctl submit against a plain Celery client and raw pika, in one run.
+
+Everything runs on a private RabbitMQ node of its own (temp dir, free port) with ONE worker
+(``celeryctl worker -c 2``, durable defaults) that serves every client, and each figure is a
+whole process timed from start to exit:
+
+* publish: ``celeryctl submit add 1 2 --count N`` (confirmed by the broker) vs a ``.delay()``
+  loop (anchor) vs raw pika publishing the same Celery message without confirms (the limit);
+* end to end: ``celeryctl submit add 1 2 --count M --wait`` vs a ``.delay()`` loop then
+  ``ResultSet.get()`` (anchor);
+* broker down: ``celeryctl submit`` vs ``.delay()`` with the broker not running.
+
+Usage: python3 benchmarks/bench_submit.py [--publish N] [--e2e M]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+DELAY_LOOP = """
+import sys, time
+from celeryctl.demo import app, add
+app.conf.broker_url = sys.argv[1]
+app.conf.result_backend = "rpc://"
+n, wait = int(sys.argv[2]), sys.argv[3] == "wait"
+results = [add.delay(1, 2) for _ in range(n)]
+if wait:
+    from celery.result import ResultSet
+    ResultSet(results).get(timeout=600)
+"""
+
+DELAY_DOWN = """
+import sys
+from celeryctl.demo import app, add
+app.conf.broker_url = sys.argv[1]
+try:
+    add.delay(1, 2)
+except Exception as exc:
+    print(type(exc).__name__, file=sys.stderr)
+    sys.exit(1)
+"""
+
+RAW_PIKA = """
+import sys, uuid
+import pika
+from kombu.serialization import dumps
+from celeryctl.demo import app
+from celeryctl.probe import connection_parameters
+url, n = sys.argv[1], int(sys.argv[2])
+app.conf.broker_url = url
+tid = str(uuid.uuid4())
+headers, props, body, _ = app.amqp.create_task_message(tid, "celeryctl.demo.add", (1, 2), {}, reply_to="bench")
+ctype, enc, payload = dumps(body, serializer="json")
+conn = pika.BlockingConnection(connection_parameters(url, 10))
+ch = conn.channel()
+ch.queue_declare("celery", durable=True)
+for i in range(n):
+    t = str(uuid.uuid4())
+    h = dict(headers, id=t, root_id=t)
+    ch.basic_publish("", "celery", payload, pika.BasicProperties(
+        content_type=ctype, content_encoding=enc, headers=h, delivery_mode=2, correlation_id=t, reply_to="bench"))
+conn.close()
+"""
+
+
+def free_port() -> int:
+    from celeryctl.rabbitmq.node import pick_free_port
+
+    return pick_free_port([], set())
+
+
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
+    started = time.perf_counter()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+    return time.perf_counter() - started, proc
+
+
+def queue_depth(url: str) -> int:
+    import pika
+
+    from celeryctl.probe import connection_parameters
+
+    conn = pika.BlockingConnection(connection_parameters(url, 5))
+    try:
+        return int(conn.channel().queue_declare("celery", durable=True, passive=True).method.message_count)
+    finally:
+        conn.close()
+
+
+def purge(url: str) -> None:
+    import pika
+
+    from celeryctl.probe import connection_parameters
+
+    conn = pika.BlockingConnection(connection_parameters(url, 5))
+    try:
+        conn.channel().queue_purge("celery")
+    finally:
+        conn.close()
+
+
+def settle(url: str, timeout: float = 300) -> None:
+    """Purge what is queued and let the worker finish what it holds."""
+    deadline = time.monotonic() + timeout
+    purge(url)
+    while queue_depth(url) and time.monotonic() < deadline:
+        purge(url)
+        time.sleep(0.2)
+    time.sleep(1.0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--publish", type=int, default=20000, help="tasks for the publish comparison")
+    parser.add_argument("--e2e", type=int, default=5000, help="tasks for the end-to-end comparison")
+    opts = parser.parse_args()
+
+    from celeryctl.rabbitmq.node import Node
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-submit-"))
+    node = Node(tmp / "node")
+    info, _ = node.start(free_port())
+    url = info.url
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERYCTL_")}
+    env.update({"CELERYCTL_BROKER_URL": url, "CELERYCTL_DATA_DIR": str(tmp / "data"), "PYTHONPATH": str(REPO)})
+    log = open(tmp / "worker.log", "wb")  # noqa: SIM115 - lives as long as the worker
+    hostname = f"bench@{socket.gethostname()}"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celeryctl", "worker", "-c", "2", "-l", "WARNING", "-n", hostname],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    rows: list[tuple[str, float, str]] = []
+    try:
+        from celery import Celery
+
+        probe = Celery("bench-ping", broker=url)
+        deadline = time.monotonic() + 60
+        while not probe.control.ping(destination=[hostname], timeout=0.5):
+            if time.monotonic() > deadline or worker.poll() is not None:
+                raise SystemExit(f"worker did not start; see {tmp / 'worker.log'}")
+        probe.close()
+        n, m = opts.publish, opts.e2e
+        py = sys.executable
+
+        # ---- publish
+        t_delay, p = timed([py, "-c", DELAY_LOOP, url, str(n), "nowait"], env)
+        assert p.returncode == 0, p.stderr
+        settle(url)
+        t_ctl, p = timed([py, "-m", "celeryctl", "submit", "add", "1", "2", "--count", str(n), "--json"], env)
+        assert p.returncode == 0, p.stderr
+        inner = json.loads(p.stdout)
+        settle(url)
+        t_pika, p = timed([py, "-c", RAW_PIKA, url, str(n)], env)
+        assert p.returncode == 0, p.stderr
+        settle(url)
+        r_delay, r_ctl, r_pika = n / t_delay, n / t_ctl, n / t_pika
+        rows += [
+            (f"publish {n}: .delay() loop (anchor)", r_delay, f"{t_delay:.2f} s"),
+            (
+                f"publish {n}: celeryctl submit --count (confirmed)",
+                r_ctl,
+                f"{t_ctl:.2f} s; publishing alone {inner['publish_rate']:,.0f}/s",
+            ),
+            (f"publish {n}: raw pika, no confirms (limit)", r_pika, f"{t_pika:.2f} s"),
+        ]
+
+        # ---- end to end
+        t_e2e_anchor, p = timed([py, "-c", DELAY_LOOP, url, str(m), "wait"], env)
+        assert p.returncode == 0, p.stderr
+        time.sleep(1.0)
+        t_e2e_ctl, p = timed(
+            [py, "-m", "celeryctl", "submit", "add", "1", "2", "--count", str(m), "--wait", "--json"], env
+        )
+        assert p.returncode == 0, p.stderr
+        doc = json.loads(p.stdout)
+        assert doc["succeeded"] == m, doc
+        e_anchor, e_ctl = m / t_e2e_anchor, m / t_e2e_ctl
+        rows += [
+            (f"end to end {m}: .delay() + ResultSet.get() (anchor)", e_anchor, f"{t_e2e_anchor:.2f} s"),
+            (f"end to end {m}: celeryctl submit --count --wait", e_ctl, f"{t_e2e_ctl:.2f} s"),
+        ]
+
+        # ---- broker down
+        down = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
+        t_down_ctl, p = timed([py, "-m", "celeryctl", "submit", "add", "1", "2", "--broker", down], env)
+        assert p.returncode == 6, p.stderr
+        t_down_delay, p = timed([py, "-c", DELAY_DOWN, down], env)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        log.close()
+        node.stop()
+
+    print(f"{'measure':58} {'tasks/s':>10}  notes")
+    for label, rate, note in rows:
+        print(f"{label:58} {rate:>10,.0f}  {note}")
+    print()
+    print(f"publish: celeryctl / .delay()          = {r_ctl / r_delay:.2f}x  (goal >= 3)")
+    print(f"publish: celeryctl / raw pika          = {r_ctl / r_pika:.2f}x  (goal >= 0.5)")
+    print(f"end to end: celeryctl / plain client   = {e_ctl / e_anchor:.2f}x  (goal >= 1.8)")
+    print(
+        f"broker down: celeryctl submit {t_down_ctl:.2f} s (exit 6, one line) vs .delay() {t_down_delay:.2f} s "
+        f"(ratio {t_down_delay / t_down_ctl:.1f}x)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
