@@ -103,7 +103,9 @@ def _tasks(view: TopView, width: int) -> Panel:
     counts.append(f"retried {view.retried}", style="yellow")
     counts.append(f"  received {view.received}", style="dim")
     spark_width = max(10, min(len(view.history), width - 8))
-    spark = Text(sparkline(view.history, spark_width), style="cyan")
+    line = sparkline(view.history, spark_width)
+    before = max(0, len(line) - int(view.uptime) - 1)  # seconds before top started: blank
+    spark = Text(" " * before + line[before:], style="cyan")
     spark.append(f"  last {spark_width}s, peak {max(view.history[-spark_width:], default=0)}/s", style="dim")
     return Panel(Group(counts, spark), title="Tasks", title_align="left", border_style="blue")
 
