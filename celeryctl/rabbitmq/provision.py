@@ -117,7 +117,10 @@ def validate_password(value: str, source: str) -> str:
             f"the password from {source} starts or ends with whitespace", "rabbitmqctl would strip it; remove it"
         )
     if any(unicodedata.category(c) == "Cc" for c in value):
-        raise UsageError(f"the password from {source} contains a control character or a line break")
+        raise UsageError(
+            f"the password from {source} contains a control character or a line break",
+            "rabbitmqctl reads one line; use printable characters",
+        )
     return value
 
 
