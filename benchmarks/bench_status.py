@@ -12,6 +12,7 @@ Usage: python3 benchmarks/bench_status.py [RUNS]   (default 5)
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -87,6 +88,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             worker.kill()
         node.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
