@@ -134,6 +134,8 @@ def test_worker_with_broker_down_fails_fast_and_clearly(cli: CliRun) -> None:
     r = cli("worker", "--broker", f"amqp://guest:guest@127.0.0.1:{port}//")
     assert r.returncode == 6, r.output
     assert "cannot reach the broker" in r.stderr and "Traceback" not in r.output
+    r = cli("worker", "--broker", f"amqp://guest:guest@127.0.0.1:{port}//", "--wait-for-broker", "0.5")
+    assert r.returncode == 6 and "--wait-for-broker" in r.stderr, r.output
 
 
 def test_worker_sigterm_finishes_the_running_task(demo_url: str, tmp_path: Path, isolated_env: dict[str, str]) -> None:
