@@ -329,7 +329,9 @@ def tutorial(rabbit: RabbitNode, tmp_path_factory: pytest.TempPathFactory) -> It
     """A worker for the tutorial's test_celery app, started by celeryctl; the app keeps its broker."""
     url = make_vhost(rabbit, "celeryctl-tut")
     log = tmp_path_factory.mktemp("tutorial-worker") / "worker.log"
-    worker = start_worker(url, log, "-A", "test_celery", env={"TEST_CELERY_BROKER": url}, cwd=FIXTURES)
+    worker = start_worker(
+        url, log, "-A", "test_celery", "--", "--without-gossip", env={"TEST_CELERY_BROKER": url}, cwd=FIXTURES
+    )
     try:
         yield worker
     finally:
@@ -340,6 +342,7 @@ def test_tutorial_worker_uses_the_apps_own_broker(tutorial: Worker) -> None:
     vhost = tutorial.url.rsplit("/", 1)[1]
     assert vhost in tutorial.stderr  # the banner shows the app's own broker (from TEST_CELERY_BROKER)
     assert "test_celery.tasks.longtime_add" in tutorial.stderr
+    assert "task_acks_late=True" in tutorial.stderr  # durable defaults fill what the app leaves unset
 
 
 def test_tutorial_submit_through_celeryctl(cli: CliRun, tutorial: Worker) -> None:
@@ -374,3 +377,34 @@ def test_tutorial_run_tasks_gets_its_result(tutorial: Worker, isolated_env: dict
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Task finished?  False" in proc.stdout
     assert proc.stdout.rstrip().endswith("Task result:  3")
+
+
+def test_ctrl_c_while_waiting_prints_the_id_and_leaves_the_task(
+    demo_url: str, demo_worker: Worker, tmp_path: Path, isolated_env: dict[str, str]
+) -> None:
+    err_log = tmp_path / "client.err"
+    with open(err_log, "wb") as err:
+        client = subprocess.Popen(
+            [sys.executable, "-m", "celeryctl", "submit", "sleep", "1.5", "--wait"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env={**isolated_env, "CELERYCTL_BROKER_URL": demo_url},
+            cwd=tmp_path,
+        )
+    try:
+        wait_for(lambda: "STARTED" in err_log.read_text(), timeout=30, what="the task to start")
+        client.send_signal(signal.SIGINT)
+        out, _ = client.communicate(timeout=30)
+    finally:
+        client.kill()
+    assert client.returncode == 130, err_log.read_text()
+    task_id = out.decode().strip()
+    assert UUID.match(task_id)
+    assert "keeps running" in err_log.read_text() and "Traceback" not in err_log.read_text()
+    wait_for(lambda: f"Task celeryctl.demo.sleep[{task_id}] succeeded" in demo_worker.stderr, timeout=30)
+
+
+def test_worker_passes_options_after_double_dash_to_celery(cli: CliRun, env: dict[str, str]) -> None:
+    r = cli("worker", "--", "--no-such-option", env=env)
+    assert r.returncode == 2, r.output
+    assert "No such option" in r.stderr and "Traceback" not in r.output
