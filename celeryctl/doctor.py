@@ -214,6 +214,7 @@ def check_settings(
 class NetworkResult:
     checks: dict[str, Check]
     access: AccessReport | None = None
+    blocked_seconds: float = 0.0
     server_version: str | None = None
     server_product: str | None = None
 
@@ -280,6 +281,8 @@ def check_network(target: BrokerTarget, timeout: float, on_tcp: Callable[[bool],
     took = time.monotonic() - started
     res.access = access
     connect_s = access.connect_seconds or took
+    if access.kind == "blocked":  # the wait was for the blocked publish, not the login
+        res.blocked_seconds, connect_s = took, 0.0
     if access.server:
         res.server_product = res.server_product or access.server.get("product")
         res.server_version = res.server_version or access.server.get("version")
@@ -437,7 +440,10 @@ def check_local_node(
             done(OK, f"{tools}; port {target.port} accepts TCP; rabbitmq-diagnostics cannot ask {name}: {why}", **data),
             alarms_error=exc.message,
         )
-    alarms = doc.get("alarms", []) if isinstance(doc, dict) else doc
+    if isinstance(doc, dict):  # 3.10: {"local": [...], "global": [...]}; others: {"alarms": [...]}
+        alarms = list(doc.get("local") or []) + list(doc.get("global") or []) + list(doc.get("alarms") or [])
+    else:
+        alarms = list(doc or [])
     data["alarms"] = alarms
     return LocalResult(done(OK, f"{tools}; {who} is running", **data), alarms=list(alarms or []))
 
@@ -448,11 +454,12 @@ def alarms_check(net: NetworkResult | None, local: LocalResult | None) -> Check:
     if access is None:
         return skip("alarms", "not connected to the broker")
     if access.kind == "blocked" or access.blocked:
+        named = f" ({', '.join(_alarm_name(a) for a in local.alarms)})" if local is not None and local.alarms else ""
         return Check(
             "alarms",
             FAIL,
-            0.0,
-            "the broker blocked the connection: a memory or disk alarm is on, publishing stops",
+            net.blocked_seconds if net else 0.0,
+            f"the broker blocked the connection: a memory or disk alarm is on, publishing stops{named}",
             "free disk space or memory on the broker host (rabbitmq-diagnostics alarms shows which)",
             {"blocked": True, "alarms": local.alarms if local else None},
         )
@@ -483,7 +490,7 @@ def alarms_check(net: NetworkResult | None, local: LocalResult | None) -> Check:
 
 def _alarm_name(alarm: Any) -> str:
     if isinstance(alarm, dict):
-        return str(alarm.get("type") or alarm.get("resource") or alarm)
+        return str(alarm.get("resource") or alarm.get("type") or alarm)
     return str(alarm)
 
 
@@ -825,13 +832,20 @@ def check_workers(
 
 
 def check_with_app(
-    app: Celery, broker_url: str, app_queues: list[str], timeout: float, ping_timeout: float
+    app: Celery, broker_url: str, app_queues: list[str], timeout: float, ping_timeout: float, *, publish: bool = True
 ) -> dict[str, Check]:
-    """Checks 9-11 on one kombu connection to the app's broker."""
+    """Checks 9-11 on one kombu connection to the app's broker.
+
+    ``publish=False`` (the broker blocks publishers: an alarm) runs only the queue depths;
+    the backend and worker checks publish, and a blocked publish would wait forever.
+    """
     out: dict[str, Check] = {}
     started = time.monotonic()
     try:
-        conn = app.connection_for_write(broker_url, connect_timeout=timeout)
+        # read/write timeouts: no socket operation may outwait the budget (a blocked
+        # connection stops being read by the broker).
+        transport = {"read_timeout": timeout + ping_timeout, "write_timeout": timeout}
+        conn = app.connection_for_write(broker_url, connect_timeout=timeout, transport_options=transport)
         conn.connect()
     except Exception as exc:  # noqa: BLE001 - kombu raises many kinds
         detail = f"the app cannot connect to {mask_url(broker_url)}: {type(exc).__name__}: {exc}"
@@ -846,6 +860,10 @@ def check_with_app(
         except Exception as exc:  # noqa: BLE001
             depths = []
             out["queues"] = Check("queues", FAIL, time.monotonic() - t0, f"{type(exc).__name__}: {exc}")
+        if not publish:
+            why = "the broker blocks publishing (see resource alarms)"
+            out["backend"], out["workers"] = skip("backend", why), skip("workers", why)
+            return out
         out["backend"] = check_backend(app, conn, timeout)
         try:
             need = {d.name: d.consumers for d in depths}
@@ -1005,7 +1023,8 @@ def run_doctor(
             for name in ("backend", "workers", "queues"):
                 results[name] = skip(name, "the broker is not usable (see above)")
         else:
-            extra = check_with_app(app, target.url, app_result.queues, timeout, ping_timeout)
+            blocked = net.access is not None and net.access.kind == "blocked"
+            extra = check_with_app(app, target.url, app_result.queues, timeout, ping_timeout, publish=not blocked)
             perms = net.checks.get("permissions")
             if perms is not None and perms.status == FAIL:
                 # Same cause as the permissions failure: do not report it twice.

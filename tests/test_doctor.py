@@ -247,12 +247,26 @@ def test_nothing_listening_on_the_port(cli: CliRun) -> None:
     assert [c for c in checks.values() if c["status"] == "fail"] == [checks["tcp"]]
 
 
-def test_broker_stopped(cli: CliRun, tmp_path: Path) -> None:
-    data_dir = tmp_path / "stopped"
+def test_memory_alarm_then_broker_stopped(cli: CliRun, tmp_path: Path) -> None:
+    """A private node of its own: an alarm must not touch the shared node."""
+    data_dir = tmp_path / "private"
     node = Node(data_dir / "node")
     info, _ = node.start(pick_free_port([], set()))
-    node.stop()
     env = {"CELERYCTL_DATA_DIR": str(data_dir)}
+    try:
+        node.runner(info).run("set_vm_memory_high_watermark", "absolute", "1")
+        res, checks = doctor(cli, "--timeout", "1", "--broker", info.url, env=env, table=False)
+        assert res.returncode == 1
+        alarms = checks["alarms"]
+        assert alarms["status"] == "fail" and alarms["data"]["blocked"] is True
+        assert any("Memory alarm" in str(a) for a in alarms["data"]["alarms"]), alarms
+        assert "free disk space or memory" in alarms["hint"]
+        # Publishing would hang: those checks are skipped, not failed.
+        assert checks["workers"]["status"] == "skip" and checks["backend"]["status"] == "skip"
+        assert checks["queues"]["status"] == "ok"
+        assert [c["name"] for c in checks.values() if c["status"] == "fail"] == ["alarms"]
+    finally:
+        node.stop()
     res, checks = doctor(cli, "--broker", info.url, env=env)
     assert res.returncode == 1
     assert checks["tcp"]["status"] == "fail" and checks["tcp"]["data"]["kind"] == "refused"
