@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from celeryctl.celeryapp import apply_durable_defaults, ensure_broker, task_names
+from celeryctl.celeryapp import apply_durable_defaults, broker_address, ensure_broker, task_names
 from celeryctl.errors import CeleryctlError, ExitCode, TimeoutError_, UsageError
 from celeryctl.settings import Settings, mask_url
 
@@ -251,11 +251,18 @@ def demo_session(
 
     say = on_progress or (lambda _m: None)
     node_started = False
+    node = Node(settings.data_dir / "node")
     if settings.broker_url:
         url = settings.broker_url
+        # A saved URL (setup-broker) for celeryctl's own node: start the node when it is stopped.
+        state = node.read_state()
+        host, url_port = broker_address(url)
+        if state and url_port == state.port and host in ("127.0.0.1", "localhost") and node.running_info() is None:
+            say("starting celeryctl's private RabbitMQ node")
+            _info, node_started = node.start(state.port, on_progress=say)
     else:
         say("starting (or reusing) celeryctl's private RabbitMQ node")
-        info, node_started = Node(settings.data_dir / "node").start(port, on_progress=say)
+        info, node_started = node.start(port, on_progress=say)
         url = info.url
         settings.broker_url = url
         settings.sources["broker_url"] = "celeryctl node"
