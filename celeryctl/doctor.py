@@ -994,7 +994,7 @@ def run_doctor(
         try:
             net = check_network(target, timeout, on_tcp)
         finally:
-            tcp_ready.set()
+            tcp_ready.set()  # never leave the local check waiting
         say("loading the Celery app")
         app_result = app_future.result()
         app = app_result.app
@@ -1011,7 +1011,13 @@ def run_doctor(
                 settings_check.detail += f"; the app sets its own broker {app_target.masked}: checked that one"
                 settings_check.data["app_broker_url"] = app_target.masked
                 target = app_target
-                net = check_network(target, timeout)
+                tcp_ready, tcp_ok = threading.Event(), []
+                # The first local check was about the other broker: its answer is dropped.
+                local_future = pool.submit(check_local_node, settings, target, tcp_ready, tcp_ok, timeout)
+                try:
+                    net = check_network(target, timeout, on_tcp)
+                finally:
+                    tcp_ready.set()
         results.update(net.checks)
         results["app"] = app_result.check
         say("asking the workers")

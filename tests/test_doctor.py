@@ -230,6 +230,19 @@ def test_the_apps_own_broker_is_the_one_checked(
     assert f":{rabbit.port}/" in res.json()["broker_url"]
 
 
+def test_an_app_that_does_not_import_fails_only_the_app_check(
+    cli: CliRun, rabbit: RabbitNode, vhosts: dict[str, str], app_dir: Path
+) -> None:
+    (app_dir / "brokenapp.py").write_text("import does_not_exist_anywhere\n")
+    res, checks = doctor(cli, "-A", "brokenapp", env=own_node_env(rabbit, vhosts["idle"]), cwd=app_dir, table=False)
+    assert res.returncode == 1
+    assert checks["app"]["status"] == "fail"
+    assert "does_not_exist_anywhere" in checks["app"]["detail"]
+    assert checks["app"]["hint"]
+    assert checks["permissions"]["status"] == "ok"
+    assert {checks[n]["status"] for n in ("backend", "workers", "queues")} == {"skip"}
+
+
 # --------------------------------------------------------------------------- the broker is not there
 
 
