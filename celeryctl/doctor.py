@@ -222,7 +222,8 @@ class NetworkResult:
 def check_network(target: BrokerTarget, timeout: float, on_tcp: Callable[[bool], None] | None = None) -> NetworkResult:
     """TCP, handshake, authentication, virtual host and permissions (one login for the last three).
 
-    ``on_tcp`` is told as soon as the TCP result is known (the local-node check waits for it).
+    ``on_tcp`` is told as soon as it is known whether an AMQP server answers (TCP, then the
+    handshake): the local-node check waits for that before it boots an Erlang VM to ask a node.
     """
     from celeryctl.probe import amqp_handshake, tcp_connect
 
@@ -231,7 +232,7 @@ def check_network(target: BrokerTarget, timeout: float, on_tcp: Callable[[bool],
     where = f"{target.host}:{target.port}"
 
     tcp = tcp_connect(target.host, target.port, timeout)
-    if on_tcp is not None:
+    if on_tcp is not None and (not tcp.ok or target.scheme == "amqps"):
         on_tcp(tcp.ok)
     if not tcp.ok:
         hint = {
@@ -252,6 +253,8 @@ def check_network(target: BrokerTarget, timeout: float, on_tcp: Callable[[bool],
         handshake = None  # the TLS handshake is done by pika below
     else:
         handshake = amqp_handshake(target.host, target.port, budget)
+        if on_tcp is not None:
+            on_tcp(handshake.ok)
         if not handshake.ok:
             hint = (
                 "the port answers TCP but not AMQP within the timeout: is it the AMQP port (5672)? "
@@ -259,9 +262,10 @@ def check_network(target: BrokerTarget, timeout: float, on_tcp: Callable[[bool],
                 if handshake.kind == "timeout"
                 else "is it the AMQP port? (the management UI is on 15672, AMQP on 5672)"
             )
-            checks["handshake"] = Check(
-                "handshake", FAIL, handshake.seconds, handshake.error or "no AMQP", hint, {"kind": handshake.kind}
-            )
+            error = handshake.error or "no AMQP"
+            if handshake.kind == "timeout":
+                error = f"{where} accepted TCP but sent no AMQP greeting within {timeout:g} s"
+            checks["handshake"] = Check("handshake", FAIL, handshake.seconds, error, hint, {"kind": handshake.kind})
             for name in ("auth", "vhost", "permissions"):
                 checks[name] = skip(name, "the broker did not complete the AMQP handshake")
             return res
@@ -415,7 +419,7 @@ def check_local_node(
             return LocalResult(
                 done(
                     SKIP,
-                    f"{tools}; no node listens on port {target.port} (celeryctl's node in {node.dir} is not on it)",
+                    f"{tools}; no AMQP server answers on port {target.port} (celeryctl's node in {node.dir} is not on it)",
                     node=settings.node,
                     running=False,
                 )
