@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tests.conftest import CliRun, RabbitNode
 
 
@@ -23,3 +25,25 @@ def test_demo_json(cli: CliRun, rabbit: RabbitNode) -> None:
     doc = r.json()
     assert doc["ok"] is True and doc["result"] == 3 and doc["node_started"] is False
     assert doc["task"] == "celeryctl.demo.longtime_add"
+
+
+def test_demo_starts_the_private_node_when_none_runs(cli: CliRun, tmp_path: Path) -> None:
+    from celeryctl.rabbitmq.node import Node, pick_free_port
+
+    data = tmp_path / "fresh"
+    try:
+        r = cli(
+            "demo",
+            "--seconds",
+            "0",
+            "--json",
+            "--port",
+            str(pick_free_port([], set())),
+            env={"CELERYCTL_DATA_DIR": str(data)},
+        )
+        assert r.returncode == 0, r.output
+        doc = r.json()
+        assert doc["node_started"] is True and doc["result"] == 3
+        assert Node(data / "node").running_info() is not None  # the broker keeps running
+    finally:
+        Node(data / "node").stop()

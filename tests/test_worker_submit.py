@@ -408,3 +408,43 @@ def test_worker_passes_options_after_double_dash_to_celery(cli: CliRun, env: dic
     r = cli("worker", "--", "--no-such-option", env=env)
     assert r.returncode == 2, r.output
     assert "No such option" in r.stderr and "Traceback" not in r.output
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def test_confirm_bookkeeping_handles_multiple_out_of_order_and_nacks() -> None:
+    from celeryctl.submit import _Confirms
+
+    c = _Confirms()
+    c.pending.extend(range(1, 11))
+    c.on_ack(3, True)
+    assert c.unconfirmed == 7
+    c.on_ack(5)  # out of order, single
+    c.on_ack(5)  # duplicate: counted once
+    assert c.unconfirmed == 6
+    c.on_ack(6, True)  # covers 4 and the already-settled 5 and 6
+    assert c.unconfirmed == 4 and not c.settled
+    c.on_nack(8)
+    assert c.nacked == 1 and c.unconfirmed == 3
+    c.on_nack(10, True)
+    assert c.nacked == 4 and c.unconfirmed == 0  # 7, 9 and 10 (8 was counted once)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("1", 1),
+        ("1.5", 1.5),
+        ("true", True),
+        ("null", None),
+        ("[1,2]", [1, 2]),
+        ('{"a":1}', {"a": 1}),
+        ("abc", "abc"),
+        ('"1"', "1"),
+    ],
+)
+def test_args_are_json_literals_else_strings(text: str, value: object) -> None:
+    from celeryctl.submit import parse_value
+
+    assert parse_value(text) == value
