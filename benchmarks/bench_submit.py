@@ -199,6 +199,14 @@ def main() -> int:
         t_down_ctl, p = timed([py, "-m", "celeryctl", "submit", "add", "1", "2", "--broker", down], env)
         assert p.returncode == 6, p.stderr
         t_down_delay, p = timed([py, "-c", DELAY_DOWN, down], env)
+        # A broker that accepts TCP but never answers (hung, or a firewall that swallows packets).
+        with socket.socket() as mute:
+            mute.bind(("127.0.0.1", 0))
+            mute.listen(64)
+            silent = f"amqp://guest:guest@127.0.0.1:{mute.getsockname()[1]}//"
+            t_mute_ctl, p = timed([py, "-m", "celeryctl", "submit", "add", "1", "2", "--broker", silent], env)
+            assert p.returncode == 6, p.stderr
+            t_mute_delay, p = timed([py, "-c", DELAY_DOWN, silent], env)
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
@@ -216,8 +224,12 @@ def main() -> int:
     print(f"publish: celeryctl / raw pika          = {r_ctl / r_pika:.2f}x  (goal >= 0.5)")
     print(f"end to end: celeryctl / plain client   = {e_ctl / e_anchor:.2f}x  (goal >= 1.8)")
     print(
-        f"broker down: celeryctl submit {t_down_ctl:.2f} s (exit 6, one line) vs .delay() {t_down_delay:.2f} s "
-        f"(ratio {t_down_delay / t_down_ctl:.1f}x)"
+        f"broker down (refused): celeryctl submit {t_down_ctl:.2f} s (exit 6, one line) vs .delay() "
+        f"{t_down_delay:.2f} s (ratio {t_down_delay / t_down_ctl:.1f}x)"
+    )
+    print(
+        f"broker silent (accepts, never answers): celeryctl submit {t_mute_ctl:.2f} s (exit 6) vs .delay() "
+        f"{t_mute_delay:.2f} s (ratio {t_mute_delay / t_mute_ctl:.1f}x)"
     )
     return 0
 

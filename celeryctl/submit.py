@@ -130,6 +130,22 @@ def check_broker(app: Celery) -> None:
         )
 
 
+def check_waitable(app: Celery, name: str) -> None:
+    """Refuse ``--wait`` for a task whose result nobody will ever send."""
+    from celery.backends.base import DisabledBackend
+
+    if isinstance(app.backend, DisabledBackend):
+        raise UsageError(
+            f"app '{app.main}' has no result backend, so --wait cannot see the task finish",
+            "set one: --backend rpc:// (env CELERYCTL_RESULT_BACKEND), or submit without --wait",
+        )
+    if app.tasks[name].ignore_result:
+        raise UsageError(
+            f"task {name} ignores its result (ignore_result=True), so --wait cannot see it finish",
+            "submit it without --wait",
+        )
+
+
 def _publish_error(app: Celery, exc: BaseException) -> CeleryctlError:
     """Turn a kombu/py-amqp error raised while publishing into a clear celeryctl error."""
     url = mask_url(str(app.conf.broker_url))

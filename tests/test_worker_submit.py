@@ -448,3 +448,14 @@ def test_args_are_json_literals_else_strings(text: str, value: object) -> None:
     from celeryctl.submit import parse_value
 
     assert parse_value(text) == value
+
+
+def test_wait_on_a_task_that_ignores_its_result_is_refused(cli: CliRun, tmp_path: Path) -> None:
+    work = tmp_path / "ignoring"
+    work.mkdir()
+    (work / "ignoring_app.py").write_text(
+        "from celery import Celery\napp = Celery('ignoring_app')\n\n@app.task(ignore_result=True)\ndef noop():\n    pass\n"
+    )
+    r = cli("submit", "-A", "ignoring_app", "noop", "--wait", cwd=work)
+    assert r.returncode == 2, r.output
+    assert "ignore_result" in r.stderr and "Traceback" not in r.output

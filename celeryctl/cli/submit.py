@@ -100,6 +100,8 @@ def submit(
     app = load_app(settings.app, settings, explicit=explicit_keys(settings))
     core.prepare_client(app)
     name = resolve_task_name(app, task)
+    if wait:
+        core.check_waitable(app, name)
     core.check_broker(app)
     options: dict[str, Any] = {"countdown": countdown, "eta": eta_time, "queue": queue, "priority": priority}
 
