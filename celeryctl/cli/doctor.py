@@ -22,10 +22,22 @@ def doctor(
     app_: AppOpt = None,
     data_dir: DataDirOpt = None,
     timeout: Annotated[
-        float, typer.Option("--timeout", help="Seconds to wait for TCP, the AMQP handshake and the login.", min=0.1)
+        float,
+        typer.Option(
+            "--timeout",
+            envvar="CELERYCTL_DOCTOR_TIMEOUT",
+            help="Seconds to wait for TCP, the AMQP handshake and the login (env CELERYCTL_DOCTOR_TIMEOUT).",
+            min=0.1,
+        ),
     ] = 2.0,
     ping_timeout: Annotated[
-        float, typer.Option("--ping-timeout", help="Seconds to wait for workers to answer the ping.", min=0.05)
+        float,
+        typer.Option(
+            "--ping-timeout",
+            envvar="CELERYCTL_PING_TIMEOUT",
+            help="Seconds to wait for workers to answer the ping (env CELERYCTL_PING_TIMEOUT).",
+            min=0.05,
+        ),
     ] = 1.0,
     strict: Annotated[bool, typer.Option("--strict", help="Count warnings as failures (exit 1).")] = False,
     verbose: VerboseOpt = False,
