@@ -613,7 +613,7 @@ def queue_depths(conn: Any, names: list[str]) -> list[QueueDepth]:
                 ok = chan.queue_declare(queue=name, passive=True)
                 depths.append(QueueDepth(name, True, int(ok.message_count), int(ok.consumer_count)))
             except Exception as exc:  # noqa: BLE001 - 404 closes the channel; take a new one
-                if getattr(exc, "code", getattr(exc, "reply_code", None)) not in (404, None):
+                if getattr(exc, "code", getattr(exc, "reply_code", None)) != 404:
                     raise
                 depths.append(QueueDepth(name, False))
                 chan = conn.channel()
