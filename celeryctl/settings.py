@@ -160,9 +160,9 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], list[str]]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"at line (\d+)", str(exc))
-        line = int(m.group(1)) if m else text.count("\n") + 1
+        at_line = int(m.group(1)) if m else text.count("\n") + 1
         raise ConfigError(
-            f"{path}:{line}: invalid TOML: {exc}",
+            f"{path}:{at_line}: invalid TOML: {exc}",
             'fix the syntax; values are quoted strings, e.g. broker_url = "amqp://..."',
         ) from None
     values: dict[str, Any] = {}

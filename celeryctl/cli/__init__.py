@@ -21,6 +21,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 app = typer.Typer(
     name="celeryctl",
     no_args_is_help=True,
+    rich_markup_mode=None,  # plain click help: typer.rich_utils alone costs ~50 ms of start-up
     add_completion=False,
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
