@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from celeryctl import render
 from celeryctl.cli import options
 from celeryctl.cli.options import AppOpt, BackendOpt, BrokerOpt, DataDirOpt, JsonOpt, VerboseOpt
-from celeryctl.doctor import DoctorReport, run_doctor
+
+if TYPE_CHECKING:
+    from celeryctl.doctor import DoctorReport
 
 STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
 
@@ -50,6 +51,8 @@ def doctor(
     Each is ok, warn, fail or skip (could not run because an earlier one failed).
     Exit 0 when nothing failed, 1 when something did (with --strict, a warning too).
     """
+    from celeryctl.doctor import run_doctor
+
     flags = {"broker_url": broker, "result_backend": backend, "app": app_, "data_dir": data_dir}
     with render.spinner("checking", quiet=json_ or not render.err.is_terminal) as update:
         report = run_doctor(
@@ -69,6 +72,7 @@ def doctor(
 
 
 def _print(report: DoctorReport, verbose: bool, strict: bool) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False, show_edge=False)

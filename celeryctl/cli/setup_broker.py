@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from celeryctl import render
 from celeryctl.cli.options import ConfigOpt, DataDirOpt, JsonOpt, resolve
 from celeryctl.errors import CeleryctlError
-from celeryctl.rabbitmq import provision
+from celeryctl.rabbitmq import DEFAULT_PERMISSION, DEFAULT_USER, DEFAULT_VHOST
 from celeryctl.settings import mask_url
+
+if TYPE_CHECKING:
+    from celeryctl.rabbitmq import provision
 
 _ACTION_STYLE = {"create": "green", "update": "yellow", "delete": "red", "unchanged": "dim"}
 _STATUS_STYLE = {"applied": "green", "failed": "bold red", "not applied": "red", "planned": "cyan", "unchanged": "dim"}
@@ -68,10 +71,10 @@ def setup_broker(
     user: Annotated[
         str,
         typer.Option("--user", "-u", metavar="NAME", help="RabbitMQ user for the Celery app (created when missing)."),
-    ] = provision.DEFAULT_USER,
+    ] = DEFAULT_USER,
     vhost: Annotated[
         str, typer.Option("--vhost", metavar="NAME", help="Virtual host for the Celery app (created when missing).")
-    ] = provision.DEFAULT_VHOST,
+    ] = DEFAULT_VHOST,
     tags: Annotated[
         list[str] | None,
         typer.Option(
@@ -85,12 +88,12 @@ def setup_broker(
     configure: Annotated[
         str,
         typer.Option("--configure", metavar="RE", help="Configure permission regex on the vhost ('' grants nothing)."),
-    ] = provision.DEFAULT_PERMISSION,
+    ] = DEFAULT_PERMISSION,
     write: Annotated[str, typer.Option("--write", metavar="RE", help="Write permission regex on the vhost.")] = (
-        provision.DEFAULT_PERMISSION
+        DEFAULT_PERMISSION
     ),
     read: Annotated[str, typer.Option("--read", metavar="RE", help="Read permission regex on the vhost.")] = (
-        provision.DEFAULT_PERMISSION
+        DEFAULT_PERMISSION
     ),
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the password from stdin (one line).")
@@ -161,6 +164,8 @@ def setup_broker(
     A second identical run changes nothing. Default: user celery, vhost celery, permissions
     '.*' '.*' '.*' on that vhost only.
     """
+    from celeryctl.rabbitmq import provision
+
     settings = resolve(config, node=node, data_dir=data_dir)
     quiet = json_
     if delete:
@@ -221,6 +226,8 @@ def _show_partial(exc: CeleryctlError, json_: bool) -> None:
 
 
 def _delete(user: str, vhost: str, settings: Any, node: str | None, *, dry_run: bool, yes: bool, json_: bool) -> None:
+    from celeryctl.rabbitmq import provision
+
     def confirm(plan: provision.Plan) -> bool:
         if yes:
             return True

@@ -51,9 +51,7 @@ from celeryctl.settings import (
     url_password,
 )
 
-DEFAULT_USER = "celery"
-DEFAULT_VHOST = "celery"
-DEFAULT_PERMISSION = ".*"
+from celeryctl.rabbitmq import DEFAULT_PERMISSION, DEFAULT_USER, DEFAULT_VHOST  # noqa: E402,F401
 MAX_NAME_BYTES = 255
 # The names check_access uses: a queue "celeryctl.check.<hex>" reached through the default exchange.
 PROBE_QUEUE = "celeryctl.check.000000000000"
