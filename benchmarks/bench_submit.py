@@ -189,9 +189,19 @@ def main() -> int:
         doc = json.loads(p.stdout)
         assert doc["succeeded"] == m, doc
         e_anchor, e_ctl = m / t_e2e_anchor, m / t_e2e_ctl
+        # The worker's own ceiling: M tasks published at once, timed until the queue is empty.
+        time.sleep(1.0)
+        started = time.perf_counter()
+        _, p = timed([py, "-m", "celeryctl", "submit", "add", "1", "2", "--count", str(m), "--json"], env)
+        assert p.returncode == 0, p.stderr
+        while queue_depth(url):
+            time.sleep(0.05)
+        drain = m / (time.perf_counter() - started)
+        time.sleep(1.0)
         rows += [
             (f"end to end {m}: .delay() + ResultSet.get() (anchor)", e_anchor, f"{t_e2e_anchor:.2f} s"),
             (f"end to end {m}: celeryctl submit --count --wait", e_ctl, f"{t_e2e_ctl:.2f} s"),
+            (f"the worker alone drains {m} (ceiling for end to end)", drain, "publish, then until the queue is empty"),
         ]
 
         # ---- broker down
@@ -223,6 +233,7 @@ def main() -> int:
     print(f"publish: celeryctl / .delay()          = {r_ctl / r_delay:.2f}x  (goal >= 3)")
     print(f"publish: celeryctl / raw pika          = {r_ctl / r_pika:.2f}x  (goal >= 0.5)")
     print(f"end to end: celeryctl / plain client   = {e_ctl / e_anchor:.2f}x  (goal >= 1.8)")
+    print(f"end to end: celeryctl / worker ceiling = {e_ctl / drain:.2f}x  (the worker is the limit near 1)")
     print(
         f"broker down (refused): celeryctl submit {t_down_ctl:.2f} s (exit 6, one line) vs .delay() "
         f"{t_down_delay:.2f} s (ratio {t_down_delay / t_down_ctl:.1f}x)"

@@ -30,7 +30,7 @@ from celeryctl.errors import (
     UnreachableError,
     UsageError,
 )
-from celeryctl.settings import mask_url
+from celeryctl.settings import Settings, mask_url
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -128,6 +128,23 @@ def check_broker(app: Celery) -> None:
             "start it (celeryctl broker start) or check --broker / CELERYCTL_BROKER_URL",
             details={"kind": shake.kind},
         )
+
+
+def open_client(settings: Settings, task: str, *, wait: bool = False) -> tuple[Celery, str]:
+    """Load and configure the app for submitting, resolve the task name, check the broker.
+
+    Returns ``(app, full task name)``.  Everything that can be refused is refused here, before
+    anything is published.
+    """
+    from celeryctl.celeryapp import explicit_keys, load_app, resolve_task_name
+
+    app = load_app(settings.app, settings, explicit=explicit_keys(settings))
+    prepare_client(app)
+    name = resolve_task_name(app, task)
+    if wait:
+        check_waitable(app, name)
+    check_broker(app)
+    return app, name
 
 
 def check_waitable(app: Celery, name: str) -> None:

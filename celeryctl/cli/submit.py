@@ -82,7 +82,6 @@ def submit(
     Ctrl-C stops waiting (exit 130) and leaves the task running.
     """
     from celeryctl import submit as core
-    from celeryctl.celeryapp import explicit_keys, load_app, resolve_task_name
 
     # Argument errors first: they must not pay for importing Celery.
     if count < 1:
@@ -97,12 +96,7 @@ def submit(
     eta_time = core.parse_eta(eta) if eta is not None else None
 
     settings = resolve(broker_url=broker, result_backend=backend, app=app_spec, data_dir=data_dir)
-    app = load_app(settings.app, settings, explicit=explicit_keys(settings))
-    core.prepare_client(app)
-    name = resolve_task_name(app, task)
-    if wait:
-        core.check_waitable(app, name)
-    core.check_broker(app)
+    app, name = core.open_client(settings, task, wait=wait)
     options: dict[str, Any] = {"countdown": countdown, "eta": eta_time, "queue": queue, "priority": priority}
 
     if count > 1:
