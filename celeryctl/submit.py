@@ -322,13 +322,16 @@ def wait(
         report(Event(task_id, last["state"], time.monotonic() - started, last["meta"], tick=True))
 
     try:
-        result.get(
-            timeout=timeout,
-            propagate=False,
-            interval=tick,
-            on_message=on_message,
-            on_interval=on_interval,
-        )
+        if getattr(app.backend, "is_async", False):
+            result.get(
+                timeout=timeout,
+                propagate=False,
+                interval=tick,
+                on_message=on_message,
+                on_interval=on_interval,
+            )
+        else:  # backends that store results (database, files): poll them
+            _poll(result, timeout, tick, on_message, on_interval)
     except CeleryTimeout:
         raise TimeoutError_(
             f"task {name or ''}[{task_id}] did not finish within {timeout:g} s (last state {last['state']}); "
@@ -354,6 +357,30 @@ def wait(
         outcome.traceback = result.traceback
     report(Event(task_id, state, outcome.seconds, outcome.result if outcome.ok else None))
     return outcome
+
+
+def _poll(
+    result: Any,
+    timeout: float | None,
+    tick: float,
+    on_message: Callable[[dict[str, Any]], None],
+    on_interval: Callable[[], None],
+) -> None:
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    previous: tuple[str, str] | None = None
+    while True:
+        state, meta = str(result.state), result.info
+        if (state, repr(meta)) != previous:
+            previous = (state, repr(meta))
+            on_message({"task_id": result.id, "status": state, "result": meta})
+        if state in READY_STATES:
+            return
+        if deadline is not None and time.monotonic() > deadline:
+            raise CeleryTimeout("timed out")
+        on_interval()
+        time.sleep(tick)
 
 
 # --------------------------------------------------------------------------- many
@@ -594,9 +621,18 @@ def wait_many(
 
     results = ResultSet([app.AsyncResult(i) for i in batch.ids])
     try:
-        results.join_native(
-            timeout=timeout, propagate=False, interval=0.1, on_message=on_message, on_interval=on_interval
-        )
+        if getattr(app.backend, "is_async", False):
+            results.join_native(
+                timeout=timeout, propagate=False, interval=0.1, on_message=on_message, on_interval=on_interval
+            )
+        else:  # backends that store results: poll them, one by one
+            done = [0]
+
+            def on_result(_task_id: str, _value: Any) -> None:
+                done[0] += 1
+                report(done[0], 0)
+
+            results.join(timeout=timeout, propagate=False, interval=0.1, callback=on_result)
     except CeleryTimeout:
         raise TimeoutError_(
             f"{len(batch.ids) - len(finished)} of {len(batch.ids)} tasks did not finish within {timeout:g} s; "
