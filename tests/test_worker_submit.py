@@ -459,3 +459,19 @@ def test_wait_on_a_task_that_ignores_its_result_is_refused(cli: CliRun, tmp_path
     r = cli("submit", "-A", "ignoring_app", "noop", "--wait", cwd=work)
     assert r.returncode == 2, r.output
     assert "ignore_result" in r.stderr and "Traceback" not in r.output
+
+
+def test_wait_polls_a_result_backend_that_stores_results(cli: CliRun, demo_url: str, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    backend = {"CELERYCTL_BROKER_URL": demo_url, "CELERYCTL_RESULT_BACKEND": f"file://{results}"}
+    queue = f"files-{uuid.uuid4().hex[:6]}"
+    worker = start_worker(demo_url, tmp_path / "files.log", "-Q", queue, env=backend)
+    try:
+        r = cli("submit", "longtime_add", "1", "2", "-k", "seconds=1", "--queue", queue, "--wait", env=backend)
+        assert r.returncode == 0 and r.stdout.strip() == "3", r.output
+        assert "PROGRESS" in r.stderr and "SUCCESS" in r.stderr
+        r = cli("submit", "add", "1", "2", "--queue", queue, "--count", "5", "--wait", "--json", env=backend)
+        assert r.returncode == 0 and r.json()["succeeded"] == 5, r.output
+    finally:
+        worker.stop()
