@@ -255,7 +255,7 @@ def test_submit_count_with_failures_exits_1(cli: CliRun, env: dict[str, str], de
     r = cli("submit", "fail", "x", "--count", "5", "--wait", "--json", env=env)
     assert r.returncode == 1, r.output
     doc = r.json()
-    assert (doc["submitted"], doc["succeeded"], doc["failed"]) == (5, 0, 5)
+    assert (doc["submitted"], doc["succeeded"], doc["failed"]) == (5, 0, 5) and doc["ok"] is False
 
 
 def test_submit_eta_and_countdown(cli: CliRun, env: dict[str, str], demo_worker: Worker) -> None:

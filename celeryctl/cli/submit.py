@@ -165,7 +165,7 @@ def _submit_many(
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
     doc = batch.to_dict(waited=True)
     if json_:
-        render.emit_json(render.ok_doc(**doc))
+        render.emit_json({**render.ok_doc(**doc), "ok": not batch.failed})
     else:
         render.out.print(
             f"succeeded {batch.succeeded}, failed {batch.failed} of {batch.submitted} "

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from celeryctl import render
 from celeryctl.cli.options import AppOpt, BackendOpt, BrokerOpt, DataDirOpt, resolve
+
+if TYPE_CHECKING:
+    from celeryctl.worker import WorkerPlan
 
 
 def worker(
@@ -87,14 +90,11 @@ def worker(
         raise typer.Exit(code)
 
 
-def _banner(plan: object) -> None:
+def _banner(plan: WorkerPlan) -> None:
     from rich.markup import escape
     from rich.panel import Panel
     from rich.table import Table
 
-    from celeryctl.worker import WorkerPlan
-
-    assert isinstance(plan, WorkerPlan)
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
