@@ -40,6 +40,7 @@ from celeryctl.errors import (
     UnreachableError,
     UsageError,
 )
+from celeryctl.rabbitmq import DEFAULT_PERMISSION, DEFAULT_USER, DEFAULT_VHOST  # noqa: E402,F401
 from celeryctl.rabbitmq.ctl import Runner, classify_failure
 from celeryctl.settings import (
     CONFIG_FILENAME,
@@ -51,7 +52,6 @@ from celeryctl.settings import (
     url_password,
 )
 
-from celeryctl.rabbitmq import DEFAULT_PERMISSION, DEFAULT_USER, DEFAULT_VHOST  # noqa: E402,F401
 MAX_NAME_BYTES = 255
 # The names check_access uses: a queue "celeryctl.check.<hex>" reached through the default exchange.
 PROBE_QUEUE = "celeryctl.check.000000000000"
