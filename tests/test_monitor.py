@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -404,7 +405,15 @@ class _Proxy:
     def up(self) -> None:
         srv = socket.socket()
         srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        srv.bind(("127.0.0.1", self.port))
+        deadline = time.monotonic() + 10
+        while True:  # the old listener may take a moment to let go of the port
+            try:
+                srv.bind(("127.0.0.1", self.port))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         srv.listen(16)
         self._server = srv
         threading.Thread(target=self._accept, args=(srv,), daemon=True).start()
@@ -436,6 +445,12 @@ class _Proxy:
 
     def down(self) -> None:
         if self._server is not None:
+            # shutdown() wakes the thread blocked in accept(); a bare close() leaves the port
+            # listening until accept() returns, and the next up() fails with EADDRINUSE.
+            try:
+                self._server.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._server.close()
             self._server = None
         with self._lock:
