@@ -24,26 +24,40 @@ def demo(
         ),
     ] = None,
     timeout: Annotated[float, typer.Option("--timeout", "-t", help="Seconds to wait for the result.")] = 60.0,
+    save: Annotated[
+        bool,
+        typer.Option("--save/--no-save", help="Save the provisioned broker URL to celeryctl.toml (mode 0600)."),
+    ] = True,
     broker: BrokerOpt = None,
     data_dir: DataDirOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Run the tutorial end to end: broker, worker, longtime_add 1 2 with a live display, result.
 
-    Starts celeryctl's private RabbitMQ node (or reuses it, or uses --broker /
-    CELERYCTL_BROKER_URL), starts a worker for the built-in demo app in the background, submits
+    With no broker configured, it starts celeryctl's private RabbitMQ node (or reuses it) and
+    provisions it as setup-broker does (user celery, vhost celery, permissions .* on it; the URL
+    saved to celeryctl.toml), else it uses --broker / CELERYCTL_BROKER_URL / the settings file.
+    Then it starts a worker for the built-in demo app in the background, submits
     longtime_add(1, 2), shows its progress, prints the result and stops the worker.  The broker
     keeps running (celeryctl broker stop stops it).
     """
     from celeryctl import submit as core
     from celeryctl.cli.submit import _live_state
+    from celeryctl.tutorial import prepare_broker
     from celeryctl.worker import demo_session
 
     settings = resolve(broker_url=broker, data_dir=data_dir)
     name = "celeryctl.demo.longtime_add"
+    prepared = None
     with ExitStack() as stack:
         with render.spinner("preparing the demo", quiet=json_) as update:
+            if not settings.broker_url:
+                prepared = prepare_broker(settings, port=port, save=save, on_progress=update)
             session = stack.enter_context(demo_session(settings, port=port, on_progress=update))
+        if prepared is not None and not json_:
+            done = "provisioned" if prepared.changed else "already provisioned"
+            saved = f"; URL saved to {prepared.saved_to}" if prepared.saved_to else ""
+            render.info(f"broker {done}: user {prepared.user}, vhost {prepared.vhost}{saved}")
         if not json_:
             render.info(f"broker {session.broker}; worker {session.worker.node} (log {session.worker.log_file})")
         core.prepare_client(session.app)
@@ -57,7 +71,11 @@ def demo(
     if not outcome.ok:
         raise core.failure_error(outcome)
     if json_:
-        render.emit_json(render.ok_doc(broker=session.broker, node_started=session.node_started, **outcome.to_dict()))
+        setup = prepared.to_dict() if prepared else None
+        node_started = session.node_started or bool(prepared and prepared.node_started)
+        render.emit_json(
+            render.ok_doc(broker=session.broker, node_started=node_started, setup=setup, **outcome.to_dict())
+        )
         return
     render.out.print(json.dumps(outcome.result), markup=False)
     render.info("done: the worker has stopped; the broker keeps running (celeryctl broker stop stops it)")
