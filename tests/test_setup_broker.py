@@ -40,26 +40,66 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-class Shim:
-    """A bin dir whose tools append their argv to ``log`` and then run the real ones."""
+# A filter the partial-import shim pipes the document through: the node then applies users and
+# vhosts but never sees the permissions, as when a real import fails at its permissions step.
+DROP_PERMISSIONS = "import json, sys; d = json.load(sys.stdin); d.pop('permissions', None); json.dump(d, sys.stdout)"
 
-    def __init__(self, directory: Path, fail_on: str | None = None, fail_code: int = 70) -> None:
+
+class Shim:
+    """A bin dir whose tools append their argv to ``log`` and then run the real ones.
+
+    ``import_definitions`` documents (stdin) are appended to ``stdin_log``, one per line.
+    ``fail`` maps verbs to exit codes the shim returns instead of running the real tool;
+    ``partial_import`` runs the real import without its permissions and then fails.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        fail_on: str | None = None,
+        fail_code: int = 70,
+        *,
+        fail: dict[str, int] | None = None,
+        partial_import: bool = False,
+    ) -> None:
+        import shlex
+        import sys
+
         real = find_bin_dir({k: v for k, v in os.environ.items() if k != "CELERYCTL_RABBITMQ_BIN_DIR"})
         assert real is not None
         self.dir = directory
         self.log = directory / "argv.log"
+        self.stdin_log = directory / "stdin.log"
         directory.mkdir(parents=True, exist_ok=True)
         self.log.write_text("")
+        self.stdin_log.write_text("")
+        failures = dict(fail or {})
+        if fail_on:
+            failures[fail_on] = fail_code
         for tool in ("rabbitmq-server", "rabbitmqctl"):
-            fail = ""
-            if fail_on and tool == "rabbitmqctl":
-                fail = (
-                    f'case " $* " in *" {fail_on} "*) '
-                    f'echo "Error:" >&2; echo "simulated failure of {fail_on}" >&2; exit {fail_code};; esac\n'
+            body = ""
+            if tool == "rabbitmqctl":
+                for verb, code in failures.items():
+                    body += (
+                        f'case " $* " in *" {verb} "*) '
+                        f'echo "Error:" >&2; echo "simulated failure of {verb}" >&2; exit {code};; esac\n'
+                    )
+                if partial_import:
+                    body += (
+                        'case " $* " in *" import_definitions "*) '
+                        f"{shlex.quote(sys.executable)} -c {shlex.quote(DROP_PERMISSIONS)} "
+                        f'| "{real / tool}" "$@" >/dev/null; '
+                        'echo "Error:" >&2; echo "simulated failure of the import midway" >&2; exit 65;; esac\n'
+                    )
+                # Record the import document, then run the real import on it.
+                body += (
+                    'case " $* " in *" import_definitions "*) '
+                    f'tee -a "{self.stdin_log}" | "{real / tool}" "$@"; rc=$?; echo >> "{self.stdin_log}"; '
+                    "exit $rc;; esac\n"
                 )
             script = directory / tool
             script.write_text(
-                f'#!/bin/sh\nprintf "%s\\n" "{tool} $*" >> "{self.log}"\n{fail}exec "{real / tool}" "$@"\n'
+                f'#!/bin/sh\nprintf "%s\\n" "{tool} $*" >> "{self.log}"\n{body}exec "{real / tool}" "$@"\n'
             )
             script.chmod(0o755)
 
@@ -69,8 +109,16 @@ class Shim:
     def writes(self) -> list[str]:
         return [c for c in self.calls() if any(f" {verb} " in f" {c} " for verb in WRITE_VERBS)]
 
+    def imports(self) -> list[dict[str, Any]]:
+        """The definitions documents the import calls read from stdin."""
+        return [json.loads(line) for line in self.stdin_log.read_text().splitlines() if line.strip()]
+
+    def stdin_text(self) -> str:
+        return self.stdin_log.read_text()
+
     def clear(self) -> None:
         self.log.write_text("")
+        self.stdin_log.write_text("")
 
 
 @pytest.fixture
@@ -179,7 +227,20 @@ def test_fresh_setup_then_identical_rerun_changes_nothing(
     assert password not in doc["url"] and password not in json.dumps(doc)
 
     first_calls = shim.calls()
-    assert any(" add_user -- " + user in c for c in first_calls)
+    # One read, then every change in ONE import_definitions call holding only what the plan changes,
+    # with a salted hash of the password (never the password itself) on stdin.
+    assert len(first_calls) == 2 and "export_definitions" in first_calls[0]
+    assert shim.writes() == [first_calls[1]] and " import_definitions " in first_calls[1] + " "
+    (imported,) = shim.imports()
+    assert password not in shim.stdin_text()
+    assert set(imported) == {"users", "vhosts", "permissions"}
+    (entry,) = imported["users"]
+    assert entry["name"] == user and entry["tags"] == []
+    assert entry["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+    assert provision.password_matches(entry["password_hash"], entry["hashing_algorithm"], password) is True
+    assert imported["vhosts"] == [{"name": vhost}]
+    assert imported["permissions"] == [{"user": user, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}]
+    assert user_of(rabbit, user)["password_hash"] == entry["password_hash"]  # type: ignore[index]
     shim.clear()
 
     # Identical re-run: one read, no write, everything unchanged, the saved password reused and verified.
@@ -211,6 +272,8 @@ def test_tag_and_permission_change_keeps_a_given_password(
     doc = ok_json(cli(*args, "--tags", "management", env=env, input=pw + "\n"))
     assert doc["changed"] is True and doc["saved_to"] is None
     assert user_of(rabbit, user)["tags"] == ["management"]  # type: ignore[index]
+    hash_before = user_of(rabbit, user)["password_hash"]  # type: ignore[index]
+    assert pw not in shim.stdin_text()
     shim.clear()
 
     doc = ok_json(
@@ -224,7 +287,12 @@ def test_tag_and_permission_change_keeps_a_given_password(
         "permissions": ("update", "applied"),
     }
     writes = shim.writes()
-    assert len(writes) == 2 and all("change_password" not in w and pw not in w for w in writes)
+    assert len(writes) == 1 and "import_definitions" in writes[0] and pw not in writes[0]
+    # The import names the user with its CURRENT hash, so the password stays exactly as it was.
+    (imported,) = shim.imports()
+    assert set(imported) == {"users", "permissions"} and pw not in shim.stdin_text()
+    assert imported["users"][0]["password_hash"] == hash_before and imported["users"][0]["tags"] == ["monitoring"]
+    assert user_of(rabbit, user)["password_hash"] == hash_before  # type: ignore[index]
     assert user_of(rabbit, user)["tags"] == ["monitoring"]  # type: ignore[index]
     assert perms_of(rabbit, user, vhost) == {
         "user": user,
@@ -263,8 +331,15 @@ def test_rotate_password(cli: CliRun, rabbit: RabbitNode, env: dict[str, str], s
     assert items(doc)["password"] == ("update", "applied")
     new_pw = doc["password"]
     assert new_pw and new_pw != old_pw and new_pw in doc["url"]
-    assert [w.split(" -- ")[0].split()[-1] for w in shim.writes()] == ["change_password"]
+    (write,) = shim.writes()
+    assert "import_definitions" in write
+    (imported,) = shim.imports()
+    assert set(imported) == {"users"}  # only the password changes: a new hash, the same (no) tags
+    new_hash = imported["users"][0]["password_hash"]
+    assert provision.password_matches(new_hash, "rabbit_password_hashing_sha256", new_pw) is True
+    assert user_of(rabbit, user)["password_hash"] == new_hash  # type: ignore[index]
     assert all(new_pw not in c and old_pw not in c for c in shim.calls())
+    assert new_pw not in shim.stdin_text() and old_pw not in shim.stdin_text()
 
     refused = check_access(old_url)
     assert refused.ok is False and refused.kind == "auth"
@@ -359,22 +434,32 @@ def test_existing_user_with_unknown_password_is_kept(
 def test_partial_failure_reports_applied_steps_and_rerun_converges(
     cli: CliRun, rabbit: RabbitNode, env: dict[str, str], tmp_path: Path
 ) -> None:
+    # RabbitMQ imports users, then vhosts, then permissions, and does not roll back: the shim makes
+    # the real import stop before the permissions and fail, and the report must say just that.
     user, vhost, pw = unique("u"), unique("v"), "pw-" + uuid.uuid4().hex
-    failing = Shim(tmp_path / "failing", fail_on="set_permissions")
+    failing = Shim(tmp_path / "failing", partial_import=True)
     args = ("setup-broker", "--user", user, "--vhost", vhost, "--password-stdin")
     bad_env = {**env, "CELERYCTL_RABBITMQ_BIN_DIR": str(failing.dir)}
     err = error_json(cli(*args, "--json", env=bad_env, input=pw), 1)
-    assert "simulated failure" in err["message"]
-    assert sorted(err["details"]["applied"]) == ["add_user", "add_vhost"]
-    assert err["details"]["failed"] == ["set_permissions"]
-    assert {i["item"]: i["status"] for i in err["details"]["items"]}["permissions"] == "failed"
+    assert "simulated failure of the import midway" in err["message"]
+    assert "(applied: user, password, vhost, tags; not applied: permissions)" in err["message"]
+    assert err["details"]["failed"] == ["import_definitions"] and err["details"]["applied"] == []
+    assert {i["item"]: i["status"] for i in err["details"]["items"]} == {
+        "user": "applied",
+        "password": "applied",
+        "vhost": "applied",
+        "tags": "applied",
+        "permissions": "not applied",
+    }
     assert "again" in err["hint"]
     assert pw not in json.dumps(err)
     assert user_of(rabbit, user) is not None and perms_of(rabbit, user, vhost) is None
+    # The import, then one more read to see what the node has.
+    assert [c.split()[3] for c in failing.calls()] == ["export_definitions", "import_definitions", "export_definitions"]
 
     human = cli(*args, env=bad_env, input=pw)
     assert human.returncode == 1 and "Traceback" not in human.output
-    assert "applied" in human.stderr and "failed" in human.stderr
+    assert "not applied: permissions" in human.stderr and "what was applied" in human.stderr
 
     doc = ok_json(cli(*args, "--json", env=env, input=pw))
     assert items(doc) == {
@@ -387,6 +472,108 @@ def test_partial_failure_reports_applied_steps_and_rerun_converges(
     assert doc["verification"]["ok"] is True
 
 
+def test_failed_import_that_applied_nothing_says_so(
+    cli: CliRun, rabbit: RabbitNode, env: dict[str, str], tmp_path: Path
+) -> None:
+    user, vhost = unique("u"), unique("v")
+    failing = Shim(tmp_path / "failing", fail_on="import_definitions", fail_code=69)
+    bad_env = {**env, "CELERYCTL_RABBITMQ_BIN_DIR": str(failing.dir)}
+    err = error_json(cli("setup-broker", "--user", user, "--vhost", vhost, "--json", env=bad_env), 1)
+    assert "(applied: nothing; not applied: user, password, vhost, tags, permissions)" in err["message"]
+    assert {i["status"] for i in err["details"]["items"]} == {"not applied"}
+    assert user_of(rabbit, user) is None
+
+
+def test_failed_import_on_an_unreadable_node_is_unknown(rabbit: RabbitNode) -> None:
+    """The node goes away during the import: nothing can be read back, so nothing is claimed."""
+    from celeryctl.errors import CommandError
+    from celeryctl.rabbitmq.ctl import CtlResult, Runner
+
+    real = rabbit.runner()
+
+    class GoneAfterRead(Runner):
+        def run(self, *args: str, **kwargs: Any) -> CtlResult:
+            if "import_definitions" in args or self.calls:
+                self.calls.append(list(args))
+                raise CommandError(f"rabbitmqctl {args[0]} failed: nodedown (simulated)", "check the node")
+            return super().run(*args, **kwargs)
+
+    runner = GoneAfterRead(bin_dir=real.bin_dir, node=real.node, env=real.env)
+    request = provision.Request(user=unique("u"), vhost=unique("v"))
+    plan = provision.plan_setup(request, provision.read_state(runner, request))
+    runner.calls.clear()
+    with pytest.raises(CommandError) as caught:
+        provision.apply_plan(runner, plan)
+    assert "which changes were applied is unknown" in caught.value.message
+    assert {i["status"] for i in caught.value.details["items"]} == {"unknown"}
+    assert [c[0] for c in runner.calls] == ["import_definitions", "export_definitions"]
+
+
+def test_import_touches_nothing_outside_the_plan(rabbit: RabbitNode) -> None:
+    """Other users (guest included), vhosts, permissions, limits and the user's own hash stay as they were."""
+    runner = rabbit.runner()
+    user, bystander = unique("u"), unique("b")
+    vhost_a, vhost_b, vhost_new = unique("va"), unique("vb"), unique("vn")
+    for name in (user, bystander):
+        runner.run("add_user", "--", name, stdin="pw-" + name + "\n")
+    runner.run("add_vhost", vhost_a)
+    runner.run("add_vhost", vhost_b)
+    runner.run("set_permissions", "-p", vhost_a, "--", user, "^a", "^a", "^a")
+    runner.run("set_permissions", "-p", vhost_b, "--", user, "^b", "^b", "^b")
+    runner.run("set_permissions", "-p", vhost_a, "--", bystander, ".*", "", ".*")
+    runner.run("set_user_tags", "--", bystander, "monitoring")
+    runner.run("set_user_tags", "--", user, "management")
+    runner.run("set_user_limits", "--", user, '{"max-connections": 7}')
+    runner.run("set_topic_permissions", "-p", vhost_a, "--", user, "amq.topic", "^t", "^t")
+    before = definitions(rabbit)
+
+    request = provision.Request(user=user, vhost=vhost_new, tags=["policymaker"], write="^w")
+    plan = provision.plan_setup(request, provision.read_state(runner, request))
+    assert [s.name for s in plan.steps] == ["import_definitions"]
+    provision.apply_plan(runner, plan)
+    after = definitions(rabbit)
+
+    def without(defs: dict[str, Any], key: str, drop: Callable[[dict[str, Any]], bool]) -> list[str]:
+        return sorted(json.dumps(x, sort_keys=True) for x in defs[key] if not drop(x))
+
+    is_new_perm: Callable[[dict[str, Any]], bool] = lambda p: p["user"] == user and p["vhost"] == vhost_new  # noqa: E731
+    assert without(after, "permissions", is_new_perm) == without(before, "permissions", lambda _p: False)
+    assert [p for p in after["permissions"] if is_new_perm(p)] == [
+        {"user": user, "vhost": vhost_new, "configure": ".*", "write": "^w", "read": ".*"}
+    ]
+    assert without(after, "vhosts", lambda v: v["name"] == vhost_new) == without(before, "vhosts", lambda _v: False)
+    assert without(after, "users", lambda u: u["name"] == user) == without(before, "users", lambda u: u["name"] == user)
+    assert after["topic_permissions"] == before["topic_permissions"]
+    mine_before = next(u for u in before["users"] if u["name"] == user)
+    mine_after = next(u for u in after["users"] if u["name"] == user)
+    assert mine_after == {**mine_before, "tags": ["policymaker"]}  # same hash, same limits
+    assert any(u["name"] == "guest" for u in after["users"])
+
+
+def test_fallback_writes_report_a_partial_failure_per_step(
+    cli: CliRun, rabbit: RabbitNode, env: dict[str, str], tmp_path: Path
+) -> None:
+    """A node without export_definitions gets the per-command writes; a failed one is reported as such."""
+    user, vhost, pw = unique("u"), unique("v"), "pw-" + uuid.uuid4().hex
+    failing = Shim(tmp_path / "failing", fail={"export_definitions": 64, "set_permissions": 70})
+    args = ("setup-broker", "--user", user, "--vhost", vhost, "--password-stdin")
+    bad_env = {**env, "CELERYCTL_RABBITMQ_BIN_DIR": str(failing.dir)}
+    err = error_json(cli(*args, "--json", env=bad_env, input=pw), 1)
+    assert "simulated failure" in err["message"]
+    assert sorted(err["details"]["applied"]) == ["add_user", "add_vhost"]
+    assert err["details"]["failed"] == ["set_permissions"]
+    assert {i["item"]: i["status"] for i in err["details"]["items"]}["permissions"] == "failed"
+    assert "again" in err["hint"]
+    assert pw not in json.dumps(err)
+    assert not any("import_definitions" in c for c in failing.calls())
+    assert user_of(rabbit, user) is not None and perms_of(rabbit, user, vhost) is None
+
+    human = cli(*args, env=bad_env, input=pw)
+    assert human.returncode == 1 and "Traceback" not in human.output
+    assert "applied" in human.stderr and "failed" in human.stderr
+    assert ok_json(cli(*args, "--json", env=env, input=pw))["verification"]["ok"] is True
+
+
 def test_nodes_without_export_definitions_are_read_with_parallel_list_calls(
     cli: CliRun, rabbit: RabbitNode, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -395,6 +582,9 @@ def test_nodes_without_export_definitions_are_read_with_parallel_list_calls(
     args = ("setup-broker", "--user", user, "--vhost", vhost, "--password-env", "PW", "--no-save", "--json")
     old_env = {**env, "CELERYCTL_RABBITMQ_BIN_DIR": str(old_node.dir), "PW": "pw-" + uuid.uuid4().hex}
     assert ok_json(cli(*args, env=old_env))["changed"] is True
+    # No hashes read: the per-command writes, with the password on stdin.
+    verbs = [next(v for v in WRITE_VERBS if f" {v} " in f" {w} ") for w in old_node.writes()]
+    assert sorted(verbs) == ["add_user", "add_vhost", "set_permissions"]
     old_node.clear()
     doc = ok_json(cli(*args, env=old_env))
     assert doc["changed"] is False and doc["verification"]["ok"] is True

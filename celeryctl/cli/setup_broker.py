@@ -17,7 +17,14 @@ if TYPE_CHECKING:
     from celeryctl.rabbitmq import provision
 
 _ACTION_STYLE = {"create": "green", "update": "yellow", "delete": "red", "unchanged": "dim"}
-_STATUS_STYLE = {"applied": "green", "failed": "bold red", "not applied": "red", "planned": "cyan", "unchanged": "dim"}
+_STATUS_STYLE = {
+    "applied": "green",
+    "failed": "bold red",
+    "not applied": "red",
+    "unknown": "yellow",
+    "planned": "cyan",
+    "unchanged": "dim",
+}
 
 
 def _table(items: list[dict[str, Any]], title: str) -> Any:
