@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from celeryctl.celeryapp import apply_durable_defaults, broker_address, ensure_broker, task_names
 from celeryctl.errors import CeleryctlError, ExitCode, TimeoutError_, UsageError
@@ -27,6 +27,14 @@ if TYPE_CHECKING:
 
 POOLS = ("prefork", "solo", "threads", "eventlet", "gevent")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+#: Task events are sent in batches at most this many seconds late (or at once when
+#: :data:`EVENT_BATCH` of them are waiting).  Celery sends the buffered task events on the next
+#: turn of the event loop, which is one message per event or two at a few hundred tasks/s: that
+#: cost a third of the worker's CPU per task on a 2-CPU machine (``benchmarks/bench_submit.py``).
+#: Batched, monitors still see every task (Celery's own ``task.multi`` messages), 0.1 s later.
+EVENT_FLUSH_INTERVAL = 0.1
+EVENT_BATCH = 100
 
 
 @dataclass
@@ -80,6 +88,8 @@ def prepare(
     if pool is not None and pool not in POOLS:
         raise UsageError(f"unknown pool '{pool}'", f"use one of {', '.join(POOLS)}")
     applied = apply_durable_defaults(app) if durable else {}
+    if durable:
+        add_event_batching(app)
     queue_list = [q.strip() for q in ",".join(queues or []).split(",") if q.strip()]
     argv = ["worker", "--loglevel", level]
     if concurrency is not None:
@@ -110,6 +120,63 @@ def prepare(
         applied_defaults=applied,
         beat=beat,
     )
+
+
+_BATCHING_STEP: type | None = None
+
+
+def _batching_step() -> type:
+    """A consumer bootstep that sends the worker's task events in timed batches."""
+    global _BATCHING_STEP
+    if _BATCHING_STEP is not None:
+        return _BATCHING_STEP
+    from celery import bootsteps
+
+    class BatchedTaskEvents(bootsteps.StartStopStep):  # type: ignore[misc]
+        requires = ("celery.worker.consumer.events:Events",)
+
+        def start(self, c: Any) -> None:
+            dispatcher = c.event_dispatcher
+            if dispatcher is None or c.hub is None:  # no event loop: Celery sends them at once
+                return
+            hub = c.hub
+            pending = [False]
+
+            def flush() -> None:
+                pending[0] = False
+                if c.event_dispatcher is dispatcher:
+                    dispatcher.flush()
+
+            def on_buffered() -> None:
+                if not pending[0]:
+                    pending[0] = True
+                    hub.call_later(EVENT_FLUSH_INTERVAL, flush)
+
+            dispatcher.buffer_limit = EVENT_BATCH
+            dispatcher.on_send_buffered = on_buffered
+
+        def stop(self, c: Any) -> None:
+            self._flush(c)
+
+        def shutdown(self, c: Any) -> None:
+            self._flush(c)
+
+        @staticmethod
+        def _flush(c: Any) -> None:
+            dispatcher = c.event_dispatcher
+            if dispatcher is not None:
+                try:
+                    dispatcher.flush()
+                except Exception:  # noqa: BLE001, S110 - the connection is gone; Celery re-buffers
+                    pass
+
+    _BATCHING_STEP = BatchedTaskEvents
+    return BatchedTaskEvents
+
+
+def add_event_batching(app: Celery) -> None:
+    """Send task events in batches (see :data:`EVENT_FLUSH_INTERVAL`); idempotent."""
+    app.steps["consumer"].add(_batching_step())
 
 
 def run(app: Celery, plan: WorkerPlan) -> int:
