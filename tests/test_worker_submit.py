@@ -475,3 +475,53 @@ def test_wait_polls_a_result_backend_that_stores_results(cli: CliRun, demo_url: 
         assert r.returncode == 0 and r.json()["succeeded"] == 5, r.output
     finally:
         worker.stop()
+
+
+def test_monitor_sees_every_task_event_from_the_batched_worker(
+    cli: CliRun, env: dict[str, str], demo_url: str, demo_worker: Worker
+) -> None:
+    """Task events are sent in batches (celeryctl.worker.EVENT_FLUSH_INTERVAL): none is lost."""
+    import threading
+    from collections import Counter
+
+    from celery import Celery
+
+    app = Celery("events-probe", broker=demo_url)
+    events: list[tuple[str, str]] = []
+    listening = threading.Event()
+
+    def capture() -> None:
+        with app.connection() as conn:
+            receiver = app.events.Receiver(conn, handlers={"*": lambda e: events.append((e["type"], e.get("uuid")))})
+            receiver.on_consume_ready = lambda *_a, **_k: listening.set()
+            holder.append(receiver)
+            receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    holder: list[object] = []
+    thread = threading.Thread(target=capture, daemon=True)
+    thread.start()
+    ids: set[str] = set()
+
+    def counts() -> Counter[str]:
+        return Counter(kind for kind, uuid in list(events) if uuid in ids)
+
+    try:
+        assert listening.wait(10)
+        r = cli("submit", "add", "2", "3", "--count", "60", env=env)
+        assert r.returncode == 0, r.output
+        ids.update(r.stdout.split())
+        assert len(ids) == 60
+        wanted = ("task-received", "task-started", "task-succeeded")
+        wait_for(lambda: all(counts()[t] >= 60 for t in wanted), timeout=30, what="60 task events of each kind")
+        assert all(counts()[t] == 60 for t in wanted), counts()
+    finally:
+        for receiver in holder:
+            receiver.should_stop = True  # type: ignore[attr-defined]
+        thread.join(5)
+        app.close()
+
+
+def test_submit_count_wait_timeout_exits_8(cli: CliRun, env: dict[str, str], demo_worker: Worker) -> None:
+    r = cli("submit", "sleep", "3", "--count", "3", "--wait", "--timeout", "0.5", "--json", env=env)
+    assert r.returncode == 8, r.output
+    assert r.json()["ok"] is False and "Traceback" not in r.output
