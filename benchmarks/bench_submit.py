@@ -235,6 +235,10 @@ def main() -> int:
     print(f"end to end: celeryctl / plain client   = {e_ctl / e_anchor:.2f}x  (goal >= 1.8)")
     print(f"end to end: celeryctl / worker ceiling = {e_ctl / drain:.2f}x  (the worker is the limit near 1)")
     print(
+        f"end to end: worker ceiling / plain client = {drain / e_anchor:.2f}x  "
+        "(the most any client could reach against this worker on this machine)"
+    )
+    print(
         f"broker down (refused): celeryctl submit {t_down_ctl:.2f} s (exit 6, one line) vs .delay() "
         f"{t_down_delay:.2f} s (ratio {t_down_delay / t_down_ctl:.1f}x)"
     )

@@ -103,14 +103,14 @@ def explicit_keys(settings: Settings) -> frozenset[str]:
 #: where the app leaves the setting at Celery's own default.
 #:
 #: Their cost, measured with a pre-filled queue on a 2-CPU machine (worker -c 2, ``add``): CPU per
-#: task, worker + broker, 1.1 + 0.56 ms with all of them against 0.66 + 0.30 ms with Celery's
-#: defaults.  Task events were the largest part (0.33 + 0.2 ms): they are kept, but sent in
-#: batches (``celeryctl.worker.EVENT_FLUSH_INTERVAL``), which brings them to within 5% of no
-#: events at all.  STARTED costs 0.23 + 0.12 ms (one more reply per task) and is kept for the
-#: ``--wait`` display.  Prefetch 4 instead of 1 saved no CPU and no measurable drain rate here,
-#: and would make one process hold tasks that another idle process could run, so it stays 1
-#: (short tasks in bulk: ``celeryctl worker -- --prefetch-multiplier 4``).  Rate limits, gossip,
-#: mingle, heartbeat and ``-O`` made no difference beyond the noise.
+#: task, worker + broker, 1.1 + 0.54 ms with all of them (drains 887-927/s) against 0.63 + 0.29 ms
+#: with Celery's defaults (1,700/s).  Task events were the largest part (0.45 ms): they are kept,
+#: but sent in batches (``celeryctl.worker.EVENT_FLUSH_INTERVAL``), which leaves 0.11 ms
+#: (0.88 + 0.42 ms, 1,122/s).  STARTED costs 0.14 + 0.09 ms (one more reply per task) and is kept
+#: for the ``--wait`` display.  Prefetch 4 instead of 1 drains 14% more short tasks, but lets a
+#: process hold tasks that an idle process could run, which long tasks must not suffer: it stays
+#: 1 (floods of short tasks: ``celeryctl worker -- --prefetch-multiplier 4``).  Rate limits,
+#: gossip, mingle, heartbeat and ``-O`` made no difference beyond the noise.
 DURABLE_DEFAULTS: dict[str, object] = {
     "task_acks_late": True,  # acknowledge after the task ran, not before
     "task_reject_on_worker_lost": True,  # a killed worker process re-queues its task
