@@ -213,6 +213,31 @@ def send(
         raise _publish_error(app, exc) from exc
 
 
+def consumers(app: Celery, name: str, queue: str | None = None) -> tuple[str, int | None]:
+    """The queue a task goes to and how many consumers it has (None when it cannot be told).
+
+    Waiting on a queue that no worker consumes would wait forever: the CLI warns about it.
+    """
+    try:
+        qname = queue or app.amqp.router.route({}, name)["queue"].name
+    except Exception:  # noqa: BLE001 - routing is the app's; no warning rather than an error
+        return queue or "", None
+    try:
+        with app.connection_for_write() as conn:
+            channel = conn.channel()
+            try:
+                _name, _messages, count = channel.queue_declare(queue=qname, passive=True)
+            finally:
+                try:
+                    channel.close()
+                except Exception:  # noqa: BLE001, S110 - a 404 already closed it
+                    pass
+            return qname, int(count)
+    except Exception as exc:  # noqa: BLE001
+        # 404: the queue does not exist, so nobody consumes it
+        return qname, 0 if getattr(exc, "code", None) == 404 or "NOT_FOUND" in str(exc) else None
+
+
 # --------------------------------------------------------------------------- waiting
 
 

@@ -111,6 +111,12 @@ def submit(
         else:
             render.out.print(task_id)
         return
+    qname, count_consumers = core.consumers(app, name, queue)
+    if count_consumers == 0:
+        render.warn(
+            f"no worker consumes queue '{qname}' yet: the task waits there until one starts "
+            f"(celeryctl worker -Q {qname}); Ctrl-C stops waiting and leaves it queued"
+        )
     try:
         with _live_state(name, task_id, quiet=json_) as on_event:
             outcome = core.wait(app, result, name=name, timeout=timeout, on_event=on_event)
