@@ -57,30 +57,27 @@ def root(
     options.state.config = config
 
 
-# Registration: each command lives in its own module under celeryctl/cli/.
+# Registration: each command lives in its own module under celeryctl/cli/ (none of them imports
+# celery, kombu or pika at module level). The order is the order of a user's first day.
 from celeryctl.cli import broker  # noqa: E402
-
-app.add_typer(broker.app, name="broker")
+from celeryctl.cli import demo as demo_cmd  # noqa: E402
+from celeryctl.cli import doctor as doctor_cmd  # noqa: E402
 from celeryctl.cli import monitor as monitor_cmd  # noqa: E402
+from celeryctl.cli import setup_broker as setup_broker_cmd  # noqa: E402
+from celeryctl.cli import submit as submit_cmd  # noqa: E402
+from celeryctl.cli import worker as worker_cmd  # noqa: E402
 
+app.command("demo")(demo_cmd.demo)
+app.command("setup-broker")(setup_broker_cmd.setup_broker)
+app.command("worker", context_settings={"allow_interspersed_args": True})(worker_cmd.worker)
+app.command("submit")(submit_cmd.submit)
+app.command("doctor")(doctor_cmd.doctor)
 app.command("status")(monitor_cmd.status)
 app.command("top")(monitor_cmd.top)
 app.command("queues")(monitor_cmd.queues)
 app.command("purge")(monitor_cmd.purge)
 app.command("flower")(monitor_cmd.flower)
-from celeryctl.cli import doctor as doctor_cmd  # noqa: E402
-
-app.command("doctor")(doctor_cmd.doctor)
-from celeryctl.cli import setup_broker as setup_broker_cmd  # noqa: E402
-
-app.command("setup-broker")(setup_broker_cmd.setup_broker)
-from celeryctl.cli import demo as demo_cmd  # noqa: E402
-from celeryctl.cli import submit as submit_cmd  # noqa: E402
-from celeryctl.cli import worker as worker_cmd  # noqa: E402
-
-app.command("worker", context_settings={"allow_interspersed_args": True})(worker_cmd.worker)
-app.command("submit")(submit_cmd.submit)
-app.command("demo")(demo_cmd.demo)
+app.add_typer(broker.app, name="broker")
 
 
 def _wants_json(argv: list[str]) -> bool:
