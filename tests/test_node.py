@@ -138,3 +138,17 @@ def test_missing_install_error_type() -> None:
 
     with pytest.raises(NotInstalledError):
         require_bin_dir({"CELERYCTL_RABBITMQ_BIN_DIR": "/nonexistent"})
+
+
+def test_rabbitmqctl_against_a_node_without_epmd_says_not_running_and_starts_nothing(tmp_path: Path) -> None:
+    from celeryctl.errors import UnreachableError
+    from celeryctl.rabbitmq.ctl import Runner
+
+    port = pick_free_port([], set())  # nothing listens there: no epmd, so no node
+    runner = Runner(node="nosuch@localhost", env={"ERL_EPMD_PORT": str(port), "HOME": str(tmp_path)})
+    with pytest.raises(UnreachableError, match="nosuch@localhost is not running"):
+        runner.run("status")
+    assert runner.calls == []  # no Erlang VM was started (it would have started an epmd)
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        assert s.connect_ex(("127.0.0.1", port)) != 0  # and no epmd is left listening

@@ -684,10 +684,12 @@ def fake_bin(directory: Path, stderr: str, code: int) -> Path:
     ids=["cookie", "eacces"],
 )
 def test_not_allowed_fake_rabbitmqctl(
-    cli: CliRun, tmp_path: Path, stderr: str, code: int, exit_code: int, needle: str
+    cli: CliRun, rabbit: RabbitNode, tmp_path: Path, stderr: str, code: int, exit_code: int, needle: str
 ) -> None:
     fake = fake_bin(tmp_path / "fake", stderr, code)
-    env = {"CELERYCTL_RABBITMQ_BIN_DIR": str(fake)}  # no celeryctl node in the isolated data dir
+    # No celeryctl node in the isolated data dir: the "system node" is the target. An epmd must
+    # answer (a node that runs has one), or celeryctl says "not running" before calling the fake.
+    env = {"CELERYCTL_RABBITMQ_BIN_DIR": str(fake), "ERL_EPMD_PORT": str(rabbit.info.epmd_port)}
     err = error_json(cli("setup-broker", "--json", env=env), exit_code)
     assert err["code"] == "permission_denied" and needle in err["message"]
     human = cli("setup-broker", env=env)
