@@ -14,34 +14,28 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
-import time
-from pathlib import Path
+from collections.abc import Callable
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from _common import median_wall, node_with_demo_worker
 
-from celeryctl.rabbitmq.node import Node, pick_free_port  # noqa: E402
+from celeryctl.rabbitmq.node import pick_free_port
 
 INTERNAL: dict[str, list[float]] = {}
 
 
-def median_wall(argv: list[str], env: dict[str, str], runs: int, cwd: Path, label: str = "") -> tuple[float, int]:
-    times, code = [], 0
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        proc = subprocess.run(argv, capture_output=True, env=env, cwd=cwd, timeout=120)
-        times.append(time.perf_counter() - t0)
-        code = proc.returncode
-        if label and proc.stdout.startswith(b"{"):
-            INTERNAL.setdefault(label, []).append(json.loads(proc.stdout)["seconds"])
-    return statistics.median(times), code
+def internal(label: str) -> Callable[[bytes], None]:
+    """Collect the time doctor reports for its checks (``seconds`` in its JSON)."""
+
+    def collect(stdout: bytes) -> None:
+        if stdout.startswith(b"{"):
+            INTERNAL.setdefault(label, []).append(json.loads(stdout)["seconds"])
+
+    return collect
 
 
 class SilentServer:
@@ -76,63 +70,40 @@ class SilentServer:
 def main() -> int:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     timeout = 2.0
-    tmp = Path(tempfile.mkdtemp(prefix="bench-doctor-"))
-    node = Node(tmp / "data" / "node")
-    info, _ = node.start(pick_free_port([], set()))
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("CELERYCTL_", "CELERY_"))}
-    base["PYTHONPATH"] = str(REPO)
-    worker_log = tmp / "worker.log"
-    wenv = {**base, "CELERY_BROKER_URL": info.url, "CELERY_RESULT_BACKEND": "rpc://"}
-    with open(worker_log, "wb") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "celeryctl.demo:app", "worker", "-c", "1", "--without-mingle",
-             "--without-gossip", "-n", "bench@%h", "--loglevel", "INFO"],
-            stdout=out, stderr=subprocess.STDOUT, env=wenv, cwd=tmp,
-        )  # fmt: skip
     silent = SilentServer()
     try:
-        deadline = time.monotonic() + 60
-        while " ready." not in worker_log.read_text(errors="replace"):
-            if time.monotonic() > deadline or worker.poll() is not None:
-                print(worker_log.read_text(errors="replace"))
-                return 1
-            time.sleep(0.1)
-        doctor = [sys.executable, "-m", "celeryctl", "doctor", "--json"]
-        status = [sys.executable, "-m", "celery", "-A", "celeryctl.demo:app", "status"]
-        denv = {**base, "CELERYCTL_DATA_DIR": str(tmp / "data")}
-        refused_url = f"amqp://guest:guest@127.0.0.1:{pick_free_port([], {info.port})}//"
-        silent_url = f"amqp://guest:guest@127.0.0.1:{silent.port}//"
-        subprocess.run(doctor, capture_output=True, env=denv, cwd=tmp)  # warm the page cache
+        with node_with_demo_worker("bench-doctor-") as setup:
+            tmp, info, base = setup.tmp, setup.info, setup.base_env
+            doctor = [sys.executable, "-m", "celeryctl", "doctor", "--json"]
+            status = [sys.executable, "-m", "celery", "-A", "celeryctl.demo:app", "status"]
+            denv = {**base, "CELERYCTL_DATA_DIR": str(tmp / "data")}
+            refused_url = f"amqp://guest:guest@127.0.0.1:{pick_free_port([], {info.port})}//"
+            silent_url = f"amqp://guest:guest@127.0.0.1:{silent.port}//"
+            subprocess.run(doctor, capture_output=True, env=denv, cwd=tmp)  # warm the page cache
 
-        d_ok, d_ok_rc = median_wall(doctor, denv, runs, tmp, "healthy")
-        s_ok, s_ok_rc = median_wall(status, {**base, "CELERY_BROKER_URL": info.url}, runs, tmp)
-        d_ref, _ = median_wall([*doctor, "--broker", refused_url], denv, runs, tmp, "refused")
-        s_ref, _ = median_wall(status, {**base, "CELERY_BROKER_URL": refused_url}, max(1, min(runs, 3)), tmp)
-        d_sil, _ = median_wall(
-            [*doctor, "--timeout", str(timeout), "--broker", silent_url], denv, runs, tmp, "never answers"
-        )
+            d_ok, d_ok_rc = median_wall(doctor, denv, runs, tmp, internal("healthy"))
+            s_ok, s_ok_rc = median_wall(status, {**base, "CELERY_BROKER_URL": info.url}, runs, tmp)
+            d_ref, _ = median_wall([*doctor, "--broker", refused_url], denv, runs, tmp, internal("refused"))
+            s_ref, _ = median_wall(status, {**base, "CELERY_BROKER_URL": refused_url}, max(1, min(runs, 3)), tmp)
+            d_sil, _ = median_wall(
+                [*doctor, "--timeout", str(timeout), "--broker", silent_url], denv, runs, tmp, internal("never answers")
+            )
 
-        def line(label: str, ours: float, anchor: float | None, goal: float) -> None:
-            verdict = "PASS" if ours <= goal else "MISS"
-            a = f"anchor {anchor:6.2f} s  ratio {ours / anchor:5.2f}" if anchor else "anchor      -"
-            print(f"{label:<34} doctor {ours:5.2f} s  {a}  goal <= {goal:.1f} s  {verdict}")
+            def line(label: str, ours: float, anchor: float | None, goal: float) -> None:
+                verdict = "PASS" if ours <= goal else "MISS"
+                a = f"anchor {anchor:6.2f} s  ratio {ours / anchor:5.2f}" if anchor else "anchor      -"
+                print(f"{label:<34} doctor {ours:5.2f} s  {a}  goal <= {goal:.1f} s  {verdict}")
 
-        load = os.getloadavg()[0]
-        print(f"RabbitMQ {info.version} on port {info.port}, one worker; median of {runs} runs; load {load:.1f}")
-        line(f"healthy (doctor exit {d_ok_rc}, status {s_ok_rc})", d_ok, s_ok, 1.5)
-        line("connection refused", d_ref, s_ref, 1.0)
-        line(f"never answers (--timeout {timeout:g})", d_sil, None, timeout + 0.5)
-        inside = ", ".join(f"{k} {statistics.median(v):.2f} s" for k, v in INTERNAL.items())
-        print(f"time inside the checks (the rest is process start and exit): {inside}")
-        return 0
+            load = os.getloadavg()[0]
+            print(f"RabbitMQ {info.version} on port {info.port}, one worker; median of {runs} runs; load {load:.1f}")
+            line(f"healthy (doctor exit {d_ok_rc}, status {s_ok_rc})", d_ok, s_ok, 1.5)
+            line("connection refused", d_ref, s_ref, 1.0)
+            line(f"never answers (--timeout {timeout:g})", d_sil, None, timeout + 0.5)
+            inside = ", ".join(f"{k} {statistics.median(v):.2f} s" for k, v in INTERNAL.items())
+            print(f"time inside the checks (the rest is process start and exit): {inside}")
+            return 0
     finally:
         silent.close()
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(15)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-        node.stop()
 
 
 if __name__ == "__main__":
