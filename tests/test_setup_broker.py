@@ -410,6 +410,17 @@ def test_delete_asks_and_needs_yes_without_a_terminal(cli: CliRun, rabbit: Rabbi
     assert again["changed"] is False  # nothing left: no question asked, exit 0
 
 
+def test_delete_warns_when_the_saved_url_is_for_the_deleted_user(cli: CliRun, env: dict[str, str]) -> None:
+    user, vhost = unique("u"), unique("v")
+    ok_json(cli("setup-broker", "--user", user, "--vhost", vhost, "--json", env=env))  # saves the URL
+    doc = ok_json(cli("setup-broker", "--delete", "--user", user, "--vhost", vhost, "--yes", "--json", env=env))
+    assert any(f"deleted user '{user}'" in w and "broker_url" in w for w in doc["warnings"])
+    other = unique("u")
+    ok_json(cli("setup-broker", "--user", other, "--vhost", vhost, "--json", env=env))
+    human = cli("setup-broker", "--delete", "--user", other, "--vhost", vhost, "--yes", env=env)
+    assert human.returncode == 0 and f"deleted user '{other}'" in human.stderr and "warning:" in human.stderr
+
+
 def test_existing_user_with_unknown_password_is_kept(
     cli: CliRun, rabbit: RabbitNode, env: dict[str, str], shim: Shim, tmp_path: Path
 ) -> None:

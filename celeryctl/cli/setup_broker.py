@@ -252,6 +252,9 @@ def _delete(user: str, vhost: str, settings: Any, node: str | None, *, dry_run: 
     except CeleryctlError as exc:
         _show_partial(exc, json_)
         raise
+    if not json_:
+        for message in result.warnings:
+            render.warn(message)
     if json_:
         render.emit_json(render.ok_doc(**result.to_dict()))
     else:

@@ -940,4 +940,10 @@ def delete(
             details={"items": [i.to_dict() for i in plan.items]},
         )
     apply_plan(target.runner, plan, say)
+    _password, source = settings_password(settings, user)
+    if source is not None:
+        result.warnings.append(
+            f"the broker URL from {source} is for the deleted user '{user}': "
+            "run setup-broker again, or remove broker_url from it"
+        )
     return result
