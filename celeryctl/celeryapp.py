@@ -58,14 +58,16 @@ def load_app(
     spec: str | None,
     settings: Settings,
     *,
-    explicit: frozenset[str] = frozenset(),
+    explicit: frozenset[str] | None = None,
 ) -> Celery:
     """Import and configure the app named by ``spec`` (None: the demo app).
 
     ``explicit`` names settings that came from a flag or the environment (``broker_url``,
     ``result_backend``): those override the app's own configuration; other celeryctl settings
-    only fill what the app leaves unset.
+    only fill what the app leaves unset.  None: ``explicit_keys(settings)``.
     """
+    if explicit is None:
+        explicit = explicit_keys(settings)
     spec = spec or DEMO_APP
     module_name, _, attribute = spec.partition(":")
     if not module_name:

@@ -534,12 +534,12 @@ def app_queue_names(app: Celery) -> list[str]:
 
 
 def check_app(settings: Settings) -> AppResult:
-    from celeryctl.celeryapp import DEMO_APP, explicit_keys, load_app
+    from celeryctl.celeryapp import DEMO_APP, load_app
 
     started = time.monotonic()
     spec = settings.app
     try:
-        app = load_app(spec, settings, explicit=explicit_keys(settings))
+        app = load_app(spec, settings)
         try:
             app.loader.import_default_modules()
         except Exception as exc:  # noqa: BLE001 - the user's task modules failing to import

@@ -185,9 +185,9 @@ def local_management_url(settings: Settings, url: str) -> str | None:
 def _app_if_named(settings: Settings) -> Celery | None:
     if not settings.app:
         return None
-    from celeryctl.celeryapp import explicit_keys, load_app
+    from celeryctl.celeryapp import load_app
 
-    return load_app(settings.app, settings, explicit=explicit_keys(settings))
+    return load_app(settings.app, settings)
 
 
 def resolve_broker(settings: Settings) -> str:

@@ -136,9 +136,9 @@ def open_client(settings: Settings, task: str, *, wait: bool = False) -> tuple[C
     Returns ``(app, full task name)``.  Everything that can be refused is refused here, before
     anything is published.
     """
-    from celeryctl.celeryapp import explicit_keys, load_app, resolve_task_name
+    from celeryctl.celeryapp import load_app, resolve_task_name
 
-    app = load_app(settings.app, settings, explicit=explicit_keys(settings))
+    app = load_app(settings.app, settings)
     prepare_client(app)
     name = resolve_task_name(app, task)
     if wait:

@@ -106,10 +106,10 @@ def status(
     celeryctl's own node (through rabbitmqctl), ready only on another broker (through AMQP).
     """
     from celeryctl import monitor
-    from celeryctl.celeryapp import explicit_keys, load_app
+    from celeryctl.celeryapp import load_app
 
     settings = _settings(app_spec, broker, backend, data_dir)
-    app = load_app(settings.app, settings, explicit=explicit_keys(settings))
+    app = load_app(settings.app, settings)
     st = monitor.status(app, settings, timeout=timeout, queues=queue or (), include_internal=all_)
     if json_:
         render.emit_json(render.ok_doc(**st.to_dict()))
@@ -203,10 +203,10 @@ def top(
     offline; a lost broker connection is shown and retried.
     """
     from celeryctl import monitor
-    from celeryctl.celeryapp import explicit_keys, load_app
+    from celeryctl.celeryapp import load_app
 
     settings = _settings(app_spec, broker, backend, data_dir)
-    app = load_app(settings.app, settings, explicit=explicit_keys(settings))
+    app = load_app(settings.app, settings)
     session = monitor.TopSession(app, settings, refresh=refresh, queues=queue or ())
     if json_ or not render.out.is_terminal:
         view = session.collect(duration)
@@ -260,7 +260,7 @@ def flower(
     Passwords reach Flower through its environment, never through an argv.
     """
     from celeryctl import monitor
-    from celeryctl.celeryapp import explicit_keys, load_app
+    from celeryctl.celeryapp import load_app
     from celeryctl.settings import mask_url
 
     settings = _settings(app_spec, broker, backend, data_dir)
@@ -270,7 +270,7 @@ def flower(
             f"Flower password for {basic_auth}", hide_input=True, confirmation_prompt=True, err=True
         )
         basic_auth = f"{basic_auth}:{password}"
-    app = load_app(settings.app, settings, explicit=explicit_keys(settings))
+    app = load_app(settings.app, settings)
     plan = monitor.flower_plan(
         settings,
         monitor.app_broker(app),

@@ -183,10 +183,8 @@ def setup_broker(
     explicit = provision.read_password(
         stdin_text=_read_stdin() if password_stdin else None, env_var=password_env, text=password
     )
-    if tags is not None and all(t == "" for t in tags):
-        wanted_tags: list[str] | None = [] if tags else None
-    else:
-        wanted_tags = [t for t in tags if t != ""] if tags is not None else None
+    # No --tags: leave an existing user's tags alone; --tags "" alone: no tags.
+    wanted_tags = [t for t in tags if t] if tags else None
     request = provision.Request(
         user=user,
         vhost=vhost,

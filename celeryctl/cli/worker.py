@@ -69,10 +69,10 @@ def worker(
     tasks finish).  A broker that cannot be reached is an error within seconds (exit 6).
     """
     from celeryctl import worker as core
-    from celeryctl.celeryapp import explicit_keys, load_app
+    from celeryctl.celeryapp import load_app
 
     settings = resolve(broker_url=broker, result_backend=backend, app=app_spec, data_dir=data_dir)
-    app = load_app(settings.app, settings, explicit=explicit_keys(settings))
+    app = load_app(settings.app, settings)
     plan = core.prepare(
         app,
         concurrency=concurrency,
