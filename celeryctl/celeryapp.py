@@ -76,7 +76,7 @@ def load_app(
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - any import failure is the user's app failing
+    except Exception as exc:
         detail = f"{type(exc).__name__}: {exc}"
         raise AppError(
             f"cannot import app module '{module_name}': {detail}",
@@ -99,48 +99,11 @@ def explicit_keys(settings: Settings) -> frozenset[str]:
     return frozenset(k for k, src in settings.sources.items() if src.startswith(("flag", "env")))
 
 
-# --------------------------------------------------------------------------- worker defaults
-
-#: Defaults under which no task is lost and monitors see every task.  They are applied only
-#: where the app leaves the setting at Celery's own default.
-#:
-#: Their cost, measured with a pre-filled queue on a 2-CPU machine (worker -c 2, ``add``): CPU per
-#: task, worker + broker, 1.1 + 0.54 ms with all of them (drains 887-927/s) against 0.63 + 0.29 ms
-#: with Celery's defaults (1,700/s).  Task events were the largest part (0.45 ms): they are kept,
-#: but sent in batches (``celeryctl.worker.EVENT_FLUSH_INTERVAL``), which leaves 0.11 ms
-#: (0.88 + 0.42 ms, 1,122/s).  STARTED costs 0.14 + 0.09 ms (one more reply per task) and is kept
-#: for the ``--wait`` display.  Prefetch 4 instead of 1 drains 14% more short tasks, but lets a
-#: process hold tasks that an idle process could run, which long tasks must not suffer: it stays
-#: 1 (floods of short tasks: ``celeryctl worker -- --prefetch-multiplier 4``).  Rate limits,
-#: gossip, mingle, heartbeat and ``-O`` made no difference beyond the noise.
-DURABLE_DEFAULTS: dict[str, object] = {
-    "task_acks_late": True,  # acknowledge after the task ran, not before
-    "task_reject_on_worker_lost": True,  # a killed worker process re-queues its task
-    "worker_prefetch_multiplier": 1,  # long tasks are not hoarded by one process
-    "worker_send_task_events": True,  # monitors (flower, celery events) see tasks
-    "task_send_sent_event": True,
-    "task_track_started": True,  # STARTED is reported, so a display shows it
-}
-
-
-def apply_durable_defaults(app: Celery) -> dict[str, object]:
-    """Set :data:`DURABLE_DEFAULTS` where the app kept Celery's default; return what was set."""
-    from celery.app.defaults import DEFAULTS
-
-    applied: dict[str, object] = {}
-    conf = app.conf
-    for key, value in DURABLE_DEFAULTS.items():
-        if conf.get(key) == DEFAULTS.get(key) and conf.get(key) != value:
-            conf[key] = value
-            applied[key] = value
-    return applied
-
-
 def import_task_modules(app: Celery) -> None:
     """Import the app's ``include``/``imports`` modules so that its tasks are registered."""
     try:
         app.loader.import_default_modules()
-    except Exception as exc:  # noqa: BLE001 - the user's task module failing to import
+    except Exception as exc:
         raise AppError(
             f"cannot import the task modules of app '{app.main}': {type(exc).__name__}: {exc}",
             "fix the import error (CELERYCTL_DEBUG=1 shows the traceback)",
@@ -179,54 +142,3 @@ def resolve_task_name(app: Celery, name: str) -> str:
         f"{label} task names: {listing}",
         details={"suggestions": suggestions, "registered": names},
     )
-
-
-# --------------------------------------------------------------------------- broker reachability
-
-
-def broker_address(url: str) -> tuple[str, int]:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url.replace("pyamqp://", "amqp://", 1))
-    default_port = 5671 if parts.scheme == "amqps" else 5672
-    return parts.hostname or "localhost", parts.port or default_port
-
-
-def ensure_broker(url: str, *, wait: float = 0.0, timeout: float = 2.0, login: bool = True) -> None:
-    """Raise a clear error unless the broker at ``url`` answers (and, with ``login``, lets us in).
-
-    ``wait`` keeps retrying the network check for that many seconds.  Kinds ``auth``/``vhost``
-    become :class:`AccessRefusedError` (exit 7), the others :class:`UnreachableError` (exit 6).
-    """
-    import time
-
-    from celeryctl.errors import AccessRefusedError, UnreachableError
-    from celeryctl.probe import amqp_handshake, check_access
-    from celeryctl.settings import mask_url
-
-    host, port = broker_address(url)
-    deadline = time.monotonic() + max(0.0, wait)
-    while True:
-        shake = amqp_handshake(host, port, timeout=timeout)
-        if shake.ok or time.monotonic() >= deadline:
-            break
-        time.sleep(min(0.5, max(0.05, deadline - time.monotonic())))
-    if not shake.ok:
-        raise UnreachableError(
-            f"cannot reach the broker at {mask_url(url)}: {shake.error}",
-            "start it (celeryctl broker start), check --broker / CELERYCTL_BROKER_URL, "
-            "or wait for it with --wait-for-broker SECONDS",
-            details={"kind": shake.kind},
-        )
-    if not login:
-        return
-    report = check_access(url, timeout=timeout, check_permissions=False)
-    if report.ok:
-        return
-    if report.kind in ("auth", "vhost"):
-        raise AccessRefusedError(
-            f"the broker at {mask_url(url)} refused access: {report.error}",
-            "check the user, password and vhost in the broker URL (celeryctl setup-broker creates them)",
-            details={"kind": report.kind},
-        )
-    raise UnreachableError(f"cannot use the broker at {mask_url(url)}: {report.error}", details={"kind": report.kind})

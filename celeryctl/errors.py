@@ -114,6 +114,34 @@ class NotConfirmedError(CeleryctlError):
     code = "not_confirmed"
 
 
+class QueueNotFoundError(CeleryctlError):
+    """A queue named on the command line does not exist on the vhost."""
+
+    exit_code = ExitCode.FAILED
+    code = "queue_not_found"
+
+
+class TaskFailedError(CeleryctlError):
+    """The task ran and failed (exit 1)."""
+
+    exit_code = ExitCode.FAILED
+    code = "task_failed"
+
+
+class WorkerError(CeleryctlError):
+    """A worker celeryctl started did not come up, or died."""
+
+    exit_code = ExitCode.FAILED
+    code = "worker_failed"
+
+
+class InternalError(CeleryctlError):
+    """A state celeryctl's own code should never reach: a bug (exit 70), with what is known."""
+
+    exit_code = ExitCode.INTERNAL
+    code = "internal"
+
+
 class CommandError(CeleryctlError):
     """An external program (rabbitmqctl, apt-get) failed; stderr is already redacted."""
 

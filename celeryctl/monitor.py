@@ -155,31 +155,15 @@ def is_loopback(host: str) -> bool:
 
 
 def local_node_runner(settings: Settings, url: str) -> Runner | None:
-    """A rabbitmqctl runner when ``url`` points at celeryctl's own running node, else None."""
-    from celeryctl.celeryapp import broker_address
-    from celeryctl.rabbitmq.node import Node
+    from celeryctl.broker import own_node_runner
 
-    info = Node(settings.data_dir / "node").running_info()
-    if info is None:
-        return None
-    host, port = broker_address(url)
-    if not is_loopback(host) or port != info.port:
-        return None
-    return Node(settings.data_dir / "node").runner(info, timeout=10.0)
+    return own_node_runner(settings, url)
 
 
 def local_management_url(settings: Settings, url: str) -> str | None:
-    """``http://127.0.0.1:PORT/`` of celeryctl's node when ``url`` is it and management is on."""
-    from celeryctl.celeryapp import broker_address
-    from celeryctl.rabbitmq.node import Node
+    from celeryctl.broker import own_management_url
 
-    info = Node(settings.data_dir / "node").running_info()
-    if info is None or not info.management_port:
-        return None
-    host, port = broker_address(url)
-    if not is_loopback(host) or port != info.port:
-        return None
-    return info.management_url
+    return own_management_url(settings, url)
 
 
 def _app_if_named(settings: Settings) -> Celery | None:
@@ -213,20 +197,21 @@ def queues_report(settings: Settings, names: Iterable[str] = (), *, include_inte
 
 def check_broker(url: str, timeout: float = 2.0) -> None:
     """Raise :class:`UnreachableError`/:class:`AccessRefusedError` unless we can log in."""
-    from celeryctl.celeryapp import ensure_broker
+    from celeryctl.broker import ensure_reachable
 
-    ensure_broker(url, timeout=timeout)
+    ensure_reachable(url, timeout=timeout)
 
 
 def _pika_connect(url: str, timeout: float = 3.0) -> Any:
     import pika
 
-    from celeryctl.probe import classify_pika_error, connection_parameters
+    from celeryctl.broker import BrokerUrl
+    from celeryctl.probe import classify_pika_error
 
-    params = connection_parameters(url, timeout)
+    params = BrokerUrl.parse(url).pika_parameters(timeout)
     try:
         return pika.BlockingConnection(params)
-    except Exception as exc:  # noqa: BLE001 - every failure is classified
+    except Exception as exc:
         kind, message = classify_pika_error(
             exc,
             params.host,
@@ -393,7 +378,7 @@ def queues_via_amqp(url: str, names: Iterable[str]) -> tuple[list[QueueStatus], 
     finally:
         try:
             conn.close()
-        except Exception:  # noqa: BLE001, S110 - closing a broken connection
+        except Exception:
             pass
     return sorted(found, key=lambda q: q.name), missing
 
@@ -463,7 +448,7 @@ def purge(url: str, queue: str) -> int:
     finally:
         try:
             conn.close()
-        except Exception:  # noqa: BLE001, S110 - closing a broken connection
+        except Exception:
             pass
 
 
@@ -477,7 +462,7 @@ def _in_background(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Callable[
     def run() -> None:
         try:
             box["value"] = fn(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+        except BaseException as exc:
             box["error"] = exc
 
     thread = threading.Thread(target=run, name="celeryctl-background", daemon=True)
@@ -911,7 +896,7 @@ class TopSession:
     def poll_workers(self, *, all_workers: bool = False) -> None:
         try:
             workers, active = inspect_workers(self.app, self.inspect_timeout)
-        except Exception:  # noqa: BLE001 - the broker may be gone; the events loop reports it
+        except Exception:
             return
         self.state.seed(workers, active if all_workers else None)
 
@@ -925,7 +910,7 @@ class TopSession:
             self.state.set_queues(report.queues)
         except CeleryctlError as exc:
             self.state.set_queues(None, exc.message)
-        except Exception as exc:  # noqa: BLE001 - keep the dashboard alive
+        except Exception as exc:
             self.state.set_queues(None, _describe(exc))
 
     def _poll_loop(self) -> None:
@@ -955,7 +940,7 @@ class TopSession:
                     if self._stop.is_set():
                         return
                     raise ConnectionError("the event stream ended")
-            except Exception as exc:  # noqa: BLE001 - any broker failure: report, back off, retry
+            except Exception as exc:
                 if self._stop.is_set():
                     return
                 self.state.connection_down(_describe(exc))
@@ -968,7 +953,7 @@ class TopSession:
         # Workers started without -E send heartbeats only; ask them for task events too.
         try:
             self.app.control.enable_events()
-        except Exception:  # noqa: BLE001, S110 - best effort; heartbeats still arrive
+        except Exception:
             pass
 
 
@@ -1040,7 +1025,7 @@ def flower_plan(
         host_port = mgmt.split("://", 1)[1].rstrip("/")
         env["FLOWER_BROKER_API"] = f"http://{quote(user, safe='')}:{quote(password, safe='')}@{host_port}/api/"
         broker_api = mask_url(env["FLOWER_BROKER_API"])
-    shown = address if address not in ("", "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104 - display only
+    shown = address if address not in ("", "0.0.0.0", "::") else "127.0.0.1"
     if ":" in shown:
         shown = f"[{shown}]"
     prefix = f"/{url_prefix.strip('/')}/" if url_prefix else "/"
@@ -1049,7 +1034,7 @@ def flower_plan(
 
 def require_flower() -> None:
     try:
-        import flower  # noqa: F401
+        import flower
     except ImportError:
         raise NotInstalledError(
             "Flower is not installed",

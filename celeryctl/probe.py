@@ -11,7 +11,10 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from celeryctl.broker import BrokerUrl
 
 AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
 
@@ -192,25 +195,7 @@ def classify_pika_error(exc: BaseException, host: str, port: int, vhost: str, us
     return "closed", f"cannot connect to {host}:{port}: {type(exc).__name__}: {text}"
 
 
-def connection_parameters(url: str, timeout: float = 2.0) -> Any:
-    """pika parameters for an AMQP URL, with short timeouts and no retries."""
-    from urllib.parse import quote, unquote, urlsplit, urlunsplit
-
-    import pika
-
-    # kombu reads the vhost as everything after the first slash ("//" is "/"); pika wants it quoted.
-    parts = urlsplit(url.replace("pyamqp://", "amqp://", 1))
-    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    params = pika.URLParameters(urlunsplit(parts._replace(path="/" + quote(vhost, safe=""))))
-    params.socket_timeout = timeout
-    params.blocked_connection_timeout = timeout
-    params.stack_timeout = timeout * 2
-    params.connection_attempts = 1
-    params.retry_delay = 0
-    return params
-
-
-def check_access(url: str, timeout: float = 2.0, *, check_permissions: bool = True) -> AccessReport:
+def check_access(url: str | BrokerUrl, timeout: float = 2.0, *, check_permissions: bool = True) -> AccessReport:
     """Log in as the URL's user on its vhost; optionally try configure, write and read.
 
     A temporary exclusive queue ``celeryctl.check.<random>`` is declared (configure), a message
@@ -222,18 +207,20 @@ def check_access(url: str, timeout: float = 2.0, *, check_permissions: bool = Tr
     import pika
     import pika.exceptions as pe
 
-    params = connection_parameters(url, timeout)
-    host, port = params.host, params.port
-    vhost, user = params.virtual_host, params.credentials.username  # type: ignore[attr-defined]
+    from celeryctl.broker import close_quietly, parse
+
+    target = parse(url)
+    params = target.pika_parameters(timeout)
+    host, port, vhost, user = target.host, target.port, target.vhost, target.user
     started = time.monotonic()
     try:
         conn = pika.BlockingConnection(params)
-    except Exception as exc:  # noqa: BLE001 - every failure is classified
+    except (pe.AMQPError, OSError) as exc:  # every connection failure is classified
         kind, message = classify_pika_error(exc, host, port, vhost, user)
         return AccessReport(False, kind, message, connect_seconds=time.monotonic() - started)
     report = AccessReport(True, connect_seconds=time.monotonic() - started)
     try:
-        props = conn._impl.server_properties or {}  # noqa: SLF001 - pika keeps them there
+        props = conn._impl.server_properties or {}
         report.server = {
             k: (v.decode() if isinstance(v, bytes) else str(v))
             for k, v in props.items()
@@ -301,16 +288,12 @@ def check_access(url: str, timeout: float = 2.0, *, check_permissions: bool = Tr
         return report
     except pe.ConnectionBlockedTimeout:
         return AccessReport(False, "blocked", "the broker blocked the connection (memory or disk alarm)", blocked=True)
-    except Exception as exc:  # noqa: BLE001
+    except (pe.AMQPError, OSError) as exc:  # the connection or a channel failed mid-check
         kind, message = classify_pika_error(exc, host, port, vhost, user)
         report.ok, report.kind, report.error = False, kind, message
         return report
     finally:
-        try:
-            if conn.is_open:
-                conn.close()
-        except Exception:  # noqa: BLE001, S110 - closing a broken connection
-            pass
+        close_quietly(conn)
 
 
 # --------------------------------------------------------------------------- TCP reachability

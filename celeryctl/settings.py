@@ -20,10 +20,13 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any
 
+from celeryctl.broker import BrokerUrl, build_amqp_url, mask_url, url_password
 from celeryctl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from celeryctl.rabbitmq.node import Node
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,6 +39,9 @@ FALLBACK_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 DEFAULT_BACKEND = "rpc://"
 
 
+__all__ = ["BrokerUrl", "build_amqp_url", "mask_url", "url_password"]  # URL helpers live in celeryctl.broker
+
+
 @dataclass(frozen=True)
 class Key:
     name: str
@@ -43,6 +49,7 @@ class Key:
     flag: str
     help: str
     type: type = str
+    secret: bool = False  # shown as **** (broker URLs are masked instead)
 
 
 KEYS: dict[str, Key] = {
@@ -51,10 +58,27 @@ KEYS: dict[str, Key] = {
         Key("broker_url", "CELERYCTL_BROKER_URL", "--broker", "AMQP URL of the broker"),
         Key("result_backend", "CELERYCTL_RESULT_BACKEND", "--backend", "Celery result backend URL"),
         Key("app", "CELERYCTL_APP", "-A/--app", "Celery app, MODULE[:ATTRIBUTE]"),
-        Key("data_dir", "CELERYCTL_DATA_DIR", "--data-dir", "where celeryctl keeps its node"),
+        Key("data_dir", "CELERYCTL_DATA_DIR", "--data-dir", "where celeryctl keeps its node", Path),
         Key("node", "CELERYCTL_NODE", "--node", "RabbitMQ node name for rabbitmqctl"),
+        Key(
+            "rabbitmq_bin_dir",
+            "CELERYCTL_RABBITMQ_BIN_DIR",
+            "(none)",
+            "directory of rabbitmq-server and rabbitmqctl (default: found on PATH)",
+            Path,
+        ),
+        Key("doctor_timeout", "CELERYCTL_DOCTOR_TIMEOUT", "doctor --timeout", "doctor's network timeout, s", float),
+        Key("ping_timeout", "CELERYCTL_PING_TIMEOUT", "doctor --ping-timeout", "doctor's worker ping, s", float),
+        Key(
+            "flower_basic_auth",
+            "CELERYCTL_FLOWER_BASIC_AUTH",
+            "flower --basic-auth",
+            "USER:PASSWORD for Flower",
+            secret=True,
+        ),
     )
 }
+DEFAULTS: dict[str, Any] = {"doctor_timeout": 2.0, "ping_timeout": 1.0}
 
 
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -70,6 +94,10 @@ class Settings:
     app: str | None = None
     data_dir: Path = field(default_factory=default_data_dir)
     node: str | None = None
+    rabbitmq_bin_dir: Path | None = None
+    doctor_timeout: float = DEFAULTS["doctor_timeout"]
+    ping_timeout: float = DEFAULTS["ping_timeout"]
+    flower_basic_auth: str | None = None
     config_file: Path | None = None
     sources: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -79,14 +107,23 @@ class Settings:
         """The broker URL to use: explicit, else celeryctl's running node, else localhost:5672."""
         if self.broker_url:
             return self.broker_url
-        from celeryctl.rabbitmq.node import Node  # local: keeps settings import light
-
-        info = Node(self.data_dir / "node").running_info()
+        info = self.local_node().running_info()
         if info is not None:
             self.sources.setdefault("broker_url", "celeryctl node")
             return info.url
         self.sources.setdefault("broker_url", "default")
         return FALLBACK_BROKER_URL
+
+    @property
+    def broker_target(self) -> BrokerUrl:
+        """:attr:`broker`, parsed (it was validated when the settings were loaded)."""
+        return BrokerUrl.parse(self.broker, self.sources.get("broker_url", ""))
+
+    def local_node(self) -> Node:
+        """celeryctl's private node (running or not) under the data directory."""
+        from celeryctl.rabbitmq.node import Node  # local: keeps settings import light
+
+        return Node(self.data_dir / "node", bin_dir=self.rabbitmq_bin_dir)
 
     def to_dict(self, *, reveal: bool = False) -> dict[str, Any]:
         broker = self.broker
@@ -96,35 +133,13 @@ class Settings:
             "app": self.app,
             "data_dir": str(self.data_dir),
             "node": self.node,
+            "rabbitmq_bin_dir": str(self.rabbitmq_bin_dir) if self.rabbitmq_bin_dir else None,
+            "doctor_timeout": self.doctor_timeout,
+            "ping_timeout": self.ping_timeout,
+            "flower_basic_auth": (self.flower_basic_auth if reveal else "****") if self.flower_basic_auth else None,
             "config_file": str(self.config_file) if self.config_file else None,
             "sources": dict(self.sources),
         }
-
-
-def mask_url(url: str) -> str:
-    """Hide the password of a URL (``amqp://user:****@host/vhost``)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{userinfo}:****@{netloc[1]}"))
-
-
-def url_password(url: str) -> str | None:
-    try:
-        pw = urlsplit(url).password
-    except ValueError:
-        return None
-    return unquote(pw) if pw is not None else None
-
-
-def build_amqp_url(user: str, password: str, host: str, port: int, vhost: str) -> str:
-    """An AMQP URL with user, password and vhost percent-encoded (vhost ``/`` becomes ``%2F``)."""
-    return f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{quote(vhost, safe='')}"
 
 
 def find_config_file(
@@ -175,6 +190,9 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], list[str]]:
                 f"known keys: {', '.join(KEYS)}",
                 details={"file": str(path), "line": line, "key": key},
             )
+        if KEYS[key].type is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            values[key] = float(value)
+            continue
         if not isinstance(value, str):
             raise ConfigError(
                 f"{where}: key '{key}' must be a string, got {type(value).__name__}",
@@ -216,7 +234,7 @@ def load_settings(
     if path is not None:
         file_values, warnings = read_config_file(path)
     settings = Settings(config_file=path, warnings=warnings, data_dir=default_data_dir(env))
-    settings.sources = {"result_backend": "default", "data_dir": "default"}
+    settings.sources = {"result_backend": "default", "data_dir": "default", **dict.fromkeys(DEFAULTS, "default")}
     for name, key in KEYS.items():
         if name in flags:
             value, source = flags[name], f"flag {key.flag}"
@@ -226,29 +244,27 @@ def load_settings(
             value, source = file_values[name], f"file {path}"
         else:
             continue
-        if name == "data_dir":
-            value = Path(value).expanduser()
-        setattr(settings, name, value)
+        setattr(settings, name, _convert(key, value, source))
         settings.sources[name] = source
     if settings.broker_url is not None:
-        validate_broker_url(settings.broker_url, settings.sources["broker_url"])
+        BrokerUrl.parse(settings.broker_url, settings.sources["broker_url"])  # ConfigError when it is not AMQP
     return settings
 
 
-def validate_broker_url(url: str, source: str = "") -> None:
-    where = f" (from {source})" if source else ""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        raise ConfigError(f"broker URL{where} is invalid: {exc}", "use amqp://USER:PASSWORD@HOST:PORT/VHOST") from None
-    if parts.scheme not in ("amqp", "amqps", "pyamqp"):
-        raise ConfigError(
-            f"broker URL{where} has scheme '{parts.scheme or '(none)'}', expected amqp:// or amqps://",
-            "use amqp://USER:PASSWORD@HOST:PORT/VHOST",
-        )
-    if not parts.hostname:
-        raise ConfigError(f"broker URL{where} has no host", "use amqp://USER:PASSWORD@HOST:PORT/VHOST")
+def _convert(key: Key, value: Any, source: str) -> Any:
+    if key.type is Path:
+        return Path(value).expanduser()
+    if key.type is float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{key.name} (from {source}) must be a number of seconds, got {value!r}", f"for example {key.env}=2.5"
+            ) from None
+        if not number > 0:
+            raise ConfigError(f"{key.name} (from {source}) must be more than 0, got {value!r}")
+        return number
+    return value
 
 
 def _toml_string(value: str) -> str:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from celeryctl.celeryapp import broker_address
+from celeryctl.broker import START_HINT, ensure_reachable
 from celeryctl.errors import (
     AccessRefusedError,
     CeleryctlError,
@@ -117,17 +117,9 @@ def prepare_client(app: Celery) -> None:
 
 def check_broker(app: Celery) -> None:
     """Fast network check (raw AMQP handshake) so that a broker that is down fails in milliseconds."""
-    from celeryctl.probe import amqp_handshake
-
-    url = str(app.conf.broker_url)
-    host, port = broker_address(url)
-    shake = amqp_handshake(host, port, timeout=CONNECT_TIMEOUT)
-    if not shake.ok:
-        raise UnreachableError(
-            f"cannot reach the broker at {mask_url(url)}: {shake.error}; nothing was submitted",
-            "start it (celeryctl broker start) or check --broker / CELERYCTL_BROKER_URL",
-            details={"kind": shake.kind},
-        )
+    ensure_reachable(
+        str(app.conf.broker_url), timeout=CONNECT_TIMEOUT, login=False, suffix="; nothing was submitted", hint=START_HINT
+    )
 
 
 def open_client(settings: Settings, task: str, *, wait: bool = False) -> tuple[Celery, str]:
@@ -220,7 +212,7 @@ def consumers(app: Celery, name: str, queue: str | None = None) -> tuple[str, in
     """
     try:
         qname = queue or app.amqp.router.route({}, name)["queue"].name
-    except Exception:  # noqa: BLE001 - routing is the app's; no warning rather than an error
+    except Exception:
         return queue or "", None
     try:
         with app.connection_for_write() as conn:
@@ -230,10 +222,10 @@ def consumers(app: Celery, name: str, queue: str | None = None) -> tuple[str, in
             finally:
                 try:
                     channel.close()
-                except Exception:  # noqa: BLE001, S110 - a 404 already closed it
+                except Exception:
                     pass
             return qname, int(count)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         # 404: the queue does not exist, so nobody consumes it
         return qname, 0 if getattr(exc, "code", None) == 404 or "NOT_FOUND" in str(exc) else None
 
@@ -605,7 +597,7 @@ def send_many(
         try:
             if conn is not None:
                 conn.release()
-        except Exception:  # noqa: BLE001, S110 - closing after a failure
+        except Exception:
             pass
     if confirms.nacked:
         raise UnreachableError(

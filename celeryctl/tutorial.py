@@ -49,10 +49,9 @@ def prepare_broker(
     celeryctl's own private node, and the new URL is saved.
     """
     from celeryctl.rabbitmq import provision
-    from celeryctl.rabbitmq.node import Node
 
     say = on_progress or (lambda _m: None)
-    node = Node(settings.data_dir / "node")
+    node = settings.local_node()
     say("starting (or reusing) celeryctl's private RabbitMQ node")
     _info, node_started = node.start(port, on_progress=say)
     save_to = provision.settings_path(settings) if save else None

@@ -308,7 +308,7 @@ def test_top_renders_the_worker_and_the_completed_and_failed_tasks(env: Env, wor
     from rich.console import Console
 
     from celeryctl.monitor import TopSession
-    from celeryctl.render_top import frame
+    from celeryctl.render.top import frame
 
     session = TopSession(env.app, _settings(env), refresh=0.5)
     session.start()
@@ -468,7 +468,7 @@ def test_top_shows_a_lost_broker_connection_and_reconnects(env: Env, worker: Wor
     from rich.console import Console
 
     from celeryctl.monitor import TopSession
-    from celeryctl.render_top import frame
+    from celeryctl.render.top import frame
 
     proxy = _Proxy(env.rabbit.port)
     proxy.up()

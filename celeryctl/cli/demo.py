@@ -53,7 +53,7 @@ def demo(
         with render.spinner("preparing the demo", quiet=json_) as update:
             if not settings.broker_url:
                 prepared = prepare_broker(settings, port=port, save=save, on_progress=update)
-            session = stack.enter_context(demo_session(settings, port=port, on_progress=update))
+            session = stack.enter_context(demo_session(settings, on_progress=update))
         if prepared is not None and not json_:
             done = "provisioned" if prepared.changed else "already provisioned"
             saved = f"; URL saved to {prepared.saved_to}" if prepared.saved_to else ""

@@ -58,7 +58,7 @@ def _queue_table(queues: list[QueueStatus], title: str | None = None) -> object:
 def _print_status(st: Status) -> None:
     from rich.table import Table
 
-    from celeryctl.render_top import duration
+    from celeryctl.render.top import duration
 
     out = render.out
     out.print(f"[bold]broker[/] {render.escape(st.broker)}")
@@ -213,11 +213,11 @@ def top(
         if json_:
             render.emit_json(render.ok_doc(**view.to_dict()))
         else:
-            from celeryctl.render_top import frame
+            from celeryctl.render.top import frame
 
             render.out.print(frame(view, render.out.width))
         return
-    from celeryctl.render_top import run_live
+    from celeryctl.render.top import run_live
 
     session.start()
     try:

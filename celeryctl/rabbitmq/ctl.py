@@ -216,15 +216,10 @@ NODE_TOOLS = ("rabbitmqctl", "rabbitmq-diagnostics", "rabbitmq-plugins", "rabbit
 
 
 def _is_local(node: str | None) -> bool:
-    if node is None:
-        return True
-    host = node.rpartition("@")[2]
-    if not host:
-        return True
-    import socket
+    """Does the Erlang node ``name@host`` run on this machine?"""
+    from celeryctl.broker import is_this_machine
 
-    names = {"localhost", socket.gethostname(), socket.gethostname().split(".")[0]}
-    return host in names
+    return node is None or is_this_machine(node.rpartition("@")[2])
 
 
 def _epmd_answers(port: int) -> bool:

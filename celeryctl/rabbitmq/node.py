@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from celeryctl.broker import DEFAULT_PORT, build_amqp_url
 from celeryctl.errors import NodeError, UnreachableError
 from celeryctl.probe import amqp_handshake, port_is_free
-from celeryctl.rabbitmq.ctl import Runner, installed_version, require_bin_dir
+from celeryctl.rabbitmq.ctl import BIN_DIR_ENV, Runner, installed_version, require_bin_dir
 
-DEFAULT_PORT = 5672
 MAX_PORT = 32767
 HOST = "127.0.0.1"
 
@@ -50,7 +50,7 @@ class NodeInfo:
     @property
     def url(self) -> str:
         # "%2F" (not "//") so that pika and kombu both read vhost "/"
-        return f"amqp://guest:guest@{HOST}:{self.port}/%2F"
+        return build_amqp_url("guest", "guest", HOST, self.port, "/")
 
     @property
     def management_url(self) -> str | None:
@@ -143,6 +143,8 @@ class Node:
     def bin_dir(self) -> Path:
         if self._bin_dir is None:
             self._bin_dir = require_bin_dir()
+        elif not (self._bin_dir / "rabbitmqctl").exists():  # a pinned directory (the rabbitmq_bin_dir setting)
+            self._bin_dir = require_bin_dir({BIN_DIR_ENV: str(self._bin_dir)})
         return self._bin_dir
 
     def env(self, info: NodeInfo) -> dict[str, str]:
@@ -211,7 +213,7 @@ class Node:
         version = None
         try:
             version = installed_version(self.bin_dir)
-        except Exception:  # noqa: BLE001 - status must work without an installation
+        except Exception:
             version = None
         return NodeStatus(running, str(self.dir), info or self.read_state(), version)
 
@@ -369,7 +371,7 @@ class Node:
             say(f"stopping RabbitMQ node {info.name} (pid {pid})")
             try:
                 self.runner(info, timeout=timeout).run("stop", str(self.pid_file), check=False)
-            except Exception:  # noqa: BLE001 - fall back to signals below
+            except Exception:
                 pass
             self._wait_gone(pid, 10.0)
         self._kill_leftovers(info)

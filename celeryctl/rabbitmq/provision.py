@@ -47,7 +47,7 @@ from celeryctl.errors import (
     UnreachableError,
     UsageError,
 )
-from celeryctl.rabbitmq import DEFAULT_PERMISSION, DEFAULT_USER, DEFAULT_VHOST  # noqa: E402,F401
+from celeryctl.rabbitmq import DEFAULT_PERMISSION, DEFAULT_USER, DEFAULT_VHOST
 from celeryctl.rabbitmq.ctl import Runner, classify_failure
 from celeryctl.settings import (
     CONFIG_FILENAME,
@@ -822,8 +822,8 @@ def _private(path: Path) -> bool:
 
 def _preload_pika() -> None:
     try:
-        import pika  # noqa: F401
-    except Exception:  # noqa: BLE001, S110 - verify() imports it again and reports
+        import pika
+    except Exception:
         pass
 
 
