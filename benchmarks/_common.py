@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from celeryctl.rabbitmq.node import Node, NodeInfo, pick_free_port
+from celeryctl.rabbitmq.node import Node, NodeInfo, pick_free_port  # noqa: E402
 
 
 @dataclass

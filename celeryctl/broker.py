@@ -335,7 +335,7 @@ def close_quietly(conn: Any) -> None:
     try:
         close = getattr(conn, "close", None) or conn.release
         close()
-    except Exception:
+    except Exception:  # noqa: BLE001 - closing what the broker (or the network) already closed
         pass
 
 

@@ -76,7 +76,7 @@ def load_app(
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:
+    except Exception as exc:  # any import failure is the user's app failing (re-raised as AppError)
         detail = f"{type(exc).__name__}: {exc}"
         raise AppError(
             f"cannot import app module '{module_name}': {detail}",
@@ -103,7 +103,7 @@ def import_task_modules(app: Celery) -> None:
     """Import the app's ``include``/``imports`` modules so that its tasks are registered."""
     try:
         app.loader.import_default_modules()
-    except Exception as exc:
+    except Exception as exc:  # the user's task module failing to import (re-raised as AppError)
         raise AppError(
             f"cannot import the task modules of app '{app.main}': {type(exc).__name__}: {exc}",
             "fix the import error (CELERYCTL_DEBUG=1 shows the traceback)",

@@ -542,7 +542,7 @@ def check_app(settings: Settings) -> AppResult:
         app = load_app(spec, settings)
         try:
             app.loader.import_default_modules()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the user's task modules failing to import
             return AppResult(
                 Check(
                     "app",
@@ -556,7 +556,7 @@ def check_app(settings: Settings) -> AppResult:
         queues = app_queue_names(app)
     except CeleryctlError as exc:
         return AppResult(Check("app", FAIL, time.monotonic() - started, exc.message, exc.hint))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's app is reported, not raised
         return AppResult(
             Check(
                 "app",
@@ -612,7 +612,7 @@ def queue_depths(conn: Any, names: list[str]) -> list[QueueDepth]:
             try:
                 ok = chan.queue_declare(queue=name, passive=True)
                 depths.append(QueueDepth(name, True, int(ok.message_count), int(ok.consumer_count)))
-            except Exception as exc:
+            except Exception as exc:  # 404 closes the channel; take a new one
                 if getattr(exc, "code", getattr(exc, "reply_code", None)) != 404:
                     raise
                 depths.append(QueueDepth(name, False))
@@ -620,7 +620,7 @@ def queue_depths(conn: Any, names: list[str]) -> list[QueueDepth]:
     finally:
         try:
             chan.close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - closing a dead channel
             pass
     return depths
 
@@ -654,7 +654,7 @@ def check_backend(app: Celery, conn: Any, timeout: float) -> Check:
     url = mask_url(str(app.conf.result_backend or ""))
     try:
         backend = app.backend
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - e.g. redis:// without the redis package
         return Check(
             "backend",
             FAIL,
@@ -676,7 +676,7 @@ def check_backend(app: Celery, conn: Any, timeout: float) -> Check:
     def ask() -> None:
         try:
             box.append(backend.get_task_meta(f"celeryctl-doctor-{uuid.uuid4().hex}"))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - reported below
             box.append(exc)
 
     thread = threading.Thread(target=ask, daemon=True)
@@ -722,7 +722,7 @@ def _rpc_round_trip(backend: Any, conn: Any, timeout: float, started: float, dat
                     conn.drain_events(timeout=max(0.01, deadline - time.monotonic()))
                 except TimeoutError:
                     break
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - permission or channel errors
         return Check(
             "backend",
             FAIL,
@@ -734,7 +734,7 @@ def _rpc_round_trip(backend: Any, conn: Any, timeout: float, started: float, dat
     finally:
         try:
             chan.close()
-        except Exception:
+        except Exception:  # noqa: BLE001
             pass
     took = time.monotonic() - started
     if not got:
@@ -778,7 +778,7 @@ def ping_workers(
     try:
         consumer = Consumer(chan, [mailbox.reply_queue], no_ack=True, accept=mailbox.accept, callbacks=[on_message])
         with consumer:
-            mailbox._publish(
+            mailbox._publish(  # kombu's own broadcast, with our producer and channel
                 "active_queues",
                 {},
                 reply_ticket=ticket,
@@ -798,7 +798,7 @@ def ping_workers(
     finally:
         try:
             chan.close()
-        except Exception:
+        except Exception:  # noqa: BLE001
             pass
     return workers, time.monotonic() - started
 
@@ -851,7 +851,7 @@ def check_with_app(
         transport = {"read_timeout": timeout + ping_timeout, "write_timeout": timeout}
         conn = app.connection_for_write(broker_url, connect_timeout=timeout, transport_options=transport)
         conn.connect()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - kombu raises many kinds
         detail = f"the app cannot connect to {mask_url(broker_url)}: {type(exc).__name__}: {exc}"
         for name in ("backend", "workers", "queues"):
             out[name] = Check(name, FAIL, time.monotonic() - started, detail, "check the app's broker settings")
@@ -861,7 +861,7 @@ def check_with_app(
         try:
             depths = queue_depths(conn, app_queues)
             out["queues"] = check_queues(depths, time.monotonic() - t0)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             depths = []
             out["queues"] = Check("queues", FAIL, time.monotonic() - t0, f"{type(exc).__name__}: {exc}")
         if not publish:
@@ -873,7 +873,7 @@ def check_with_app(
             need = {d.name: d.consumers for d in depths}
             workers, took = ping_workers(app, conn, ping_timeout, need)
             out["workers"] = check_workers(workers, took, app_queues, depths, ping_timeout)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             out["workers"] = Check(
                 "workers",
                 FAIL,
@@ -884,7 +884,7 @@ def check_with_app(
     finally:
         try:
             conn.release()
-        except Exception:
+        except Exception:  # noqa: BLE001
             pass
     return out
 

@@ -211,7 +211,7 @@ def _pika_connect(url: str, timeout: float = 3.0) -> Any:
     params = BrokerUrl.parse(url).pika_parameters(timeout)
     try:
         return pika.BlockingConnection(params)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - every failure is classified
         kind, message = classify_pika_error(
             exc,
             params.host,
@@ -378,7 +378,7 @@ def queues_via_amqp(url: str, names: Iterable[str]) -> tuple[list[QueueStatus], 
     finally:
         try:
             conn.close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - closing a broken connection
             pass
     return sorted(found, key=lambda q: q.name), missing
 
@@ -448,7 +448,7 @@ def purge(url: str, queue: str) -> int:
     finally:
         try:
             conn.close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - closing a broken connection
             pass
 
 
@@ -462,7 +462,7 @@ def _in_background(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Callable[
     def run() -> None:
         try:
             box["value"] = fn(*args, **kwargs)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
             box["error"] = exc
 
     thread = threading.Thread(target=run, name="celeryctl-background", daemon=True)
@@ -896,7 +896,7 @@ class TopSession:
     def poll_workers(self, *, all_workers: bool = False) -> None:
         try:
             workers, active = inspect_workers(self.app, self.inspect_timeout)
-        except Exception:
+        except Exception:  # noqa: BLE001 - the broker may be gone; the events loop reports it
             return
         self.state.seed(workers, active if all_workers else None)
 
@@ -910,7 +910,7 @@ class TopSession:
             self.state.set_queues(report.queues)
         except CeleryctlError as exc:
             self.state.set_queues(None, exc.message)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - keep the dashboard alive
             self.state.set_queues(None, _describe(exc))
 
     def _poll_loop(self) -> None:
@@ -940,7 +940,7 @@ class TopSession:
                     if self._stop.is_set():
                         return
                     raise ConnectionError("the event stream ended")
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any broker failure: report, back off, retry
                 if self._stop.is_set():
                     return
                 self.state.connection_down(_describe(exc))
@@ -953,7 +953,7 @@ class TopSession:
         # Workers started without -E send heartbeats only; ask them for task events too.
         try:
             self.app.control.enable_events()
-        except Exception:
+        except Exception:  # noqa: BLE001 - best effort; heartbeats still arrive
             pass
 
 
@@ -1025,7 +1025,7 @@ def flower_plan(
         host_port = mgmt.split("://", 1)[1].rstrip("/")
         env["FLOWER_BROKER_API"] = f"http://{quote(user, safe='')}:{quote(password, safe='')}@{host_port}/api/"
         broker_api = mask_url(env["FLOWER_BROKER_API"])
-    shown = address if address not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    shown = address if address not in ("", "0.0.0.0", "::") else "127.0.0.1"  # display only
     if ":" in shown:
         shown = f"[{shown}]"
     prefix = f"/{url_prefix.strip('/')}/" if url_prefix else "/"
@@ -1034,7 +1034,7 @@ def flower_plan(
 
 def require_flower() -> None:
     try:
-        import flower
+        import flower  # noqa: F401
     except ImportError:
         raise NotInstalledError(
             "Flower is not installed",

@@ -220,7 +220,7 @@ def check_access(url: str | BrokerUrl, timeout: float = 2.0, *, check_permission
         return AccessReport(False, kind, message, connect_seconds=time.monotonic() - started)
     report = AccessReport(True, connect_seconds=time.monotonic() - started)
     try:
-        props = conn._impl.server_properties or {}
+        props = conn._impl.server_properties or {}  # pika keeps them there
         report.server = {
             k: (v.decode() if isinstance(v, bytes) else str(v))
             for k, v in props.items()

@@ -212,7 +212,7 @@ def consumers(app: Celery, name: str, queue: str | None = None) -> tuple[str, in
     """
     try:
         qname = queue or app.amqp.router.route({}, name)["queue"].name
-    except Exception:
+    except Exception:  # noqa: BLE001 - routing is the app's; no warning rather than an error
         return queue or "", None
     try:
         with app.connection_for_write() as conn:
@@ -222,10 +222,10 @@ def consumers(app: Celery, name: str, queue: str | None = None) -> tuple[str, in
             finally:
                 try:
                     channel.close()
-                except Exception:
+                except Exception:  # noqa: BLE001 - a 404 already closed it
                     pass
             return qname, int(count)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         # 404: the queue does not exist, so nobody consumes it
         return qname, 0 if getattr(exc, "code", None) == 404 or "NOT_FOUND" in str(exc) else None
 
@@ -597,7 +597,7 @@ def send_many(
         try:
             if conn is not None:
                 conn.release()
-        except Exception:
+        except Exception:  # noqa: BLE001 - closing after a failure
             pass
     if confirms.nacked:
         raise UnreachableError(

@@ -202,7 +202,7 @@ def _batching_step() -> type:
             if dispatcher is not None:
                 try:
                     dispatcher.flush()
-                except Exception:
+                except Exception:  # noqa: BLE001 - the connection is gone; Celery re-buffers
                     pass
 
     _BATCHING_STEP = BatchedTaskEvents
@@ -297,7 +297,7 @@ class BackgroundWorker:
                 try:
                     if probe.control.ping(destination=[self.node], timeout=0.5):
                         return
-                except Exception:
+                except Exception:  # noqa: BLE001 - not up yet; the deadline decides
                     pass
                 if time.monotonic() > deadline:
                     self.stop()

@@ -59,13 +59,13 @@ def root(
 
 # Registration: each command lives in its own module under celeryctl/cli/ (none of them imports
 # celery, kombu or pika at module level). The order is the order of a user's first day.
-from celeryctl.cli import broker
-from celeryctl.cli import demo as demo_cmd
-from celeryctl.cli import doctor as doctor_cmd
-from celeryctl.cli import monitor as monitor_cmd
-from celeryctl.cli import setup_broker as setup_broker_cmd
-from celeryctl.cli import submit as submit_cmd
-from celeryctl.cli import worker as worker_cmd
+from celeryctl.cli import broker  # noqa: E402
+from celeryctl.cli import demo as demo_cmd  # noqa: E402
+from celeryctl.cli import doctor as doctor_cmd  # noqa: E402
+from celeryctl.cli import monitor as monitor_cmd  # noqa: E402
+from celeryctl.cli import setup_broker as setup_broker_cmd  # noqa: E402
+from celeryctl.cli import submit as submit_cmd  # noqa: E402
+from celeryctl.cli import worker as worker_cmd  # noqa: E402
 
 app.command("demo")(demo_cmd.demo)
 app.command("setup-broker")(setup_broker_cmd.setup_broker)
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.exit_code
     except BrokenPipeError:
         code = int(ExitCode.FAILED)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the boundary for bugs
         message = f"unexpected error: {type(exc).__name__}: {exc}"
         if as_json:
             render.emit_json(

@@ -213,7 +213,7 @@ class Node:
         version = None
         try:
             version = installed_version(self.bin_dir)
-        except Exception:
+        except Exception:  # noqa: BLE001 - status must work without an installation
             version = None
         return NodeStatus(running, str(self.dir), info or self.read_state(), version)
 
@@ -371,7 +371,7 @@ class Node:
             say(f"stopping RabbitMQ node {info.name} (pid {pid})")
             try:
                 self.runner(info, timeout=timeout).run("stop", str(self.pid_file), check=False)
-            except Exception:
+            except Exception:  # noqa: BLE001 - fall back to signals below
                 pass
             self._wait_gone(pid, 10.0)
         self._kill_leftovers(info)
