@@ -135,7 +135,7 @@ def main() -> int:
     url = info.url
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELERYCTL_")}
     env.update({"CELERYCTL_BROKER_URL": url, "CELERYCTL_DATA_DIR": str(tmp / "data"), "PYTHONPATH": str(REPO)})
-    log = open(tmp / "worker.log", "wb")
+    log = open(tmp / "worker.log", "wb")  # lives as long as the worker
     hostname = f"bench@{socket.gethostname()}"
     worker = subprocess.Popen(
         [sys.executable, "-m", "celeryctl", "worker", "-c", "2", "-l", "WARNING", "-n", hostname],
