@@ -37,14 +37,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            help="Settings file for every command (env CELERYCTL_CONFIG; default ./celeryctl.toml)",
-            show_default=False,
-        ),
-    ] = None,
+    config: options.ConfigOpt = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -54,7 +47,7 @@ def root(
     Settings come from flags, then CELERYCTL_* variables, then celeryctl.toml.
     Exit codes (README has the table): 0 ok, 1 failed, 2 usage, 3 config, 4 not installed, 5 permission, 6 unreachable, 7 access refused, 8 timeout, 9 node, 10 app, 11 not confirmed, 70 bug, 130 interrupted.
     """
-    options.state.config = config
+    # --config is read back from click's context by options.config_path()
 
 
 # Registration: each command lives in its own module under celeryctl/cli/ (none of them imports

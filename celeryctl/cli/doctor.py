@@ -56,7 +56,7 @@ def doctor(
     flags = {"broker_url": broker, "result_backend": backend, "app": app_, "data_dir": data_dir}
     with render.spinner("checking", quiet=json_ or not render.err.is_terminal) as update:
         report = run_doctor(
-            flags, config=options.state.config, timeout=timeout, ping_timeout=ping_timeout, on_progress=update
+            flags, config=options.config_path(), timeout=timeout, ping_timeout=ping_timeout, on_progress=update
         )
     if json_:
         render.emit_json(report.to_dict(strict))

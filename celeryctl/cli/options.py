@@ -12,7 +12,11 @@ from celeryctl.settings import Settings, load_settings
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", help="Settings file (env CELERYCTL_CONFIG; default ./celeryctl.toml)", show_default=False),
+    typer.Option(
+        "--config",
+        help="Settings file (env CELERYCTL_CONFIG; default ./celeryctl.toml)",
+        show_default=False,
+    ),
 ]
 BrokerOpt = Annotated[
     str | None,
@@ -50,16 +54,23 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document o
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show more detail.")]
 
 
-class _State:
-    config: Path | None = None  # the root --config
-
-
-state = _State()
+def config_path(config: Path | None = None) -> Path | None:
+    """The settings file named by ``--config``: the command's own, else the root's
+    (``celeryctl --config FILE COMMAND``), read from click's context."""
+    if config is not None:
+        return config
+    try:  # typer >= 0.20 vendors click
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        from click import get_current_context  # type: ignore[no-redef]
+    ctx = get_current_context(silent=True)
+    root = ctx.find_root().params.get("config") if ctx is not None else None
+    return Path(root) if root else None
 
 
 def resolve(config: Path | None = None, **flags: Any) -> Settings:
     """Load settings with these flag values on top; print settings-file warnings on stderr."""
-    settings = load_settings(flags, config=config or state.config)
+    settings = load_settings(flags, config=config_path(config))
     for message in settings.warnings:
         render.warn(message)
     return settings
