@@ -196,14 +196,8 @@ def classify_pika_error(exc: BaseException, host: str, port: int, vhost: str, us
 
 
 def check_access(url: str | BrokerUrl, timeout: float = 2.0, *, check_permissions: bool = True) -> AccessReport:
-    """Log in as the URL's user on its vhost; optionally try configure, write and read.
-
-    A temporary exclusive queue ``celeryctl.check.<random>`` is declared (configure), a message
-    published to it through the default exchange with a publisher confirm (write), and fetched
-    back (read).  A refused step closes only its channel, so the others are still tried.
-    """
-    import uuid
-
+    """Log in as the URL's user on its vhost; optionally try configure, write and read
+    (:func:`_try_permissions`)."""
     import pika
     import pika.exceptions as pe
 
@@ -226,65 +220,8 @@ def check_access(url: str | BrokerUrl, timeout: float = 2.0, *, check_permission
             for k, v in props.items()
             if k in ("product", "version", "cluster_name", "platform")
         }
-        if not check_permissions:
-            return report
-        qname = f"celeryctl.check.{uuid.uuid4().hex[:12]}"
-        body = uuid.uuid4().hex.encode()
-        t0 = time.monotonic()
-
-        def channel_try(action: Any) -> bool | None:
-            ch = conn.channel()
-            try:
-                action(ch)
-                return True
-            except pe.ChannelClosedByBroker as exc:
-                if exc.reply_code == 403:
-                    return False
-                if exc.reply_code == 404:
-                    return None
-                raise
-            finally:
-                if ch.is_open:
-                    ch.close()
-
-        queue_channel = conn.channel()  # the exclusive queue lives while this connection does
-        try:
-            queue_channel.queue_declare(queue=qname, exclusive=True, auto_delete=True)
-            report.configure = True
-        except pe.ChannelClosedByBroker as exc:
-            if exc.reply_code != 403:
-                raise
-            report.configure = False
-
-        def publish(ch: Any) -> None:
-            ch.confirm_delivery()
-            ch.basic_publish("", qname, body, mandatory=False)
-
-        report.write = channel_try(publish)
-        got: list[bytes] = []
-
-        def get(ch: Any) -> None:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                _method, _props, data = ch.basic_get(qname, auto_ack=True)
-                if data is not None:
-                    got.append(data)
-                    return
-                if not (report.configure and report.write):
-                    return
-                time.sleep(0.005)
-
-        read = channel_try(get)
-        # 404: the queue could not be made (no configure) but reading it was allowed.
-        report.read = True if read is None else read
-        if got and got[0] == body:
-            report.round_trip_ms = (time.monotonic() - t0) * 1000
-        elif report.configure and report.write and report.read:
-            report.ok, report.kind, report.error = False, "closed", "the test message did not come back"
-        if report.missing:
-            report.ok = False
-            report.kind = "permissions"
-            report.error = f"user '{user}' lacks {' and '.join(report.missing)} permission on vhost '{vhost}'"
+        if check_permissions:
+            _try_permissions(conn, report, timeout, user, vhost)
         return report
     except pe.ConnectionBlockedTimeout:
         return AccessReport(False, "blocked", "the broker blocked the connection (memory or disk alarm)", blocked=True)
@@ -294,6 +231,79 @@ def check_access(url: str | BrokerUrl, timeout: float = 2.0, *, check_permission
         return report
     finally:
         close_quietly(conn)
+
+
+def _channel_try(conn: Any, action: Any) -> bool | None:
+    """Run ``action(channel)`` on a channel of its own: True, False when refused (403), None for 404."""
+    import pika.exceptions as pe
+
+    ch = conn.channel()
+    try:
+        action(ch)
+        return True
+    except pe.ChannelClosedByBroker as exc:
+        if exc.reply_code == 403:
+            return False
+        if exc.reply_code == 404:
+            return None
+        raise
+    finally:
+        if ch.is_open:
+            ch.close()
+
+
+def _try_permissions(conn: Any, report: AccessReport, timeout: float, user: str, vhost: str) -> None:
+    """Try configure, write and read on ``conn`` and record them in ``report``.
+
+    A temporary exclusive queue ``celeryctl.check.<random>`` is declared (configure), a message
+    published to it through the default exchange with a publisher confirm (write), and fetched
+    back (read).  A refused step closes only its channel, so the others are still tried.
+    """
+    import uuid
+
+    import pika.exceptions as pe
+
+    qname = f"celeryctl.check.{uuid.uuid4().hex[:12]}"
+    body = uuid.uuid4().hex.encode()
+    t0 = time.monotonic()
+    queue_channel = conn.channel()  # the exclusive queue lives while this connection does
+    try:
+        queue_channel.queue_declare(queue=qname, exclusive=True, auto_delete=True)
+        report.configure = True
+    except pe.ChannelClosedByBroker as exc:
+        if exc.reply_code != 403:
+            raise
+        report.configure = False
+
+    def publish(ch: Any) -> None:
+        ch.confirm_delivery()
+        ch.basic_publish("", qname, body, mandatory=False)
+
+    report.write = _channel_try(conn, publish)
+    got: list[bytes] = []
+
+    def get(ch: Any) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            _method, _props, data = ch.basic_get(qname, auto_ack=True)
+            if data is not None:
+                got.append(data)
+                return
+            if not (report.configure and report.write):
+                return
+            time.sleep(0.005)
+
+    read = _channel_try(conn, get)
+    # 404: the queue could not be made (no configure) but reading it was allowed.
+    report.read = True if read is None else read
+    if got and got[0] == body:
+        report.round_trip_ms = (time.monotonic() - t0) * 1000
+    elif report.configure and report.write and report.read:
+        report.ok, report.kind, report.error = False, "closed", "the test message did not come back"
+    if report.missing:
+        report.ok = False
+        report.kind = "permissions"
+        report.error = f"user '{user}' lacks {' and '.join(report.missing)} permission on vhost '{vhost}'"
 
 
 # --------------------------------------------------------------------------- TCP reachability

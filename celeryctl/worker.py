@@ -200,9 +200,12 @@ def _batching_step() -> type:
         def _flush(c: Any) -> None:
             dispatcher = c.event_dispatcher
             if dispatcher is not None:
+                from amqp.exceptions import AMQPError
+                from kombu.exceptions import OperationalError
+
                 try:
                     dispatcher.flush()
-                except Exception:  # noqa: BLE001 - the connection is gone; Celery re-buffers
+                except (OperationalError, AMQPError, OSError):  # the connection is gone; Celery re-buffers
                     pass
 
     _BATCHING_STEP = BatchedTaskEvents
@@ -281,7 +284,9 @@ class BackgroundWorker:
         """Wait until the worker answers a ping; a worker that exits or stays silent is an error."""
         import time
 
+        from amqp.exceptions import AMQPError
         from celery import Celery
+        from kombu.exceptions import OperationalError
 
         probe = Celery("celeryctl-ping", broker=self.broker_url)
         deadline = time.monotonic() + timeout
@@ -297,7 +302,7 @@ class BackgroundWorker:
                 try:
                     if probe.control.ping(destination=[self.node], timeout=0.5):
                         return
-                except Exception:  # noqa: BLE001 - not up yet; the deadline decides
+                except (OperationalError, AMQPError, OSError):  # the broker refuses or drops us: the deadline decides
                     pass
                 if time.monotonic() > deadline:
                     self.stop()
