@@ -143,9 +143,9 @@ def _run_tasks(env: Env, ok: int, boom: int) -> None:
 def _declare_and_publish(url: str, queue: str, count: int) -> None:
     import pika
 
-    from celeryctl.probe import connection_parameters
+    from celeryctl.broker import BrokerUrl
 
-    conn = pika.BlockingConnection(connection_parameters(url, 5.0))
+    conn = pika.BlockingConnection(BrokerUrl.parse(url).pika_parameters(5.0))
     try:
         ch = conn.channel()
         ch.queue_declare(queue=queue, durable=True)
@@ -231,18 +231,18 @@ def test_queue_depths_match_messages_published_with_no_consumer(cli: CliRun, env
 
 
 def test_purge_refuses_without_yes_then_removes_the_exact_count(cli: CliRun, env: Env) -> None:
-    from celeryctl import monitor
+    from celeryctl.broker import queue_depth
 
     queue = f"mon.purge.{UID}"
     _declare_and_publish(env.url, queue, 5)
     refused = cli("purge", queue, "-A", MODULE, env=env.cli_env(), input="y\n")
     assert refused.returncode == 11, refused.output
     assert "--yes" in refused.stderr and "Traceback" not in refused.output
-    assert monitor.queue_depth(env.url, queue).ready == 5  # nothing was removed
+    assert queue_depth(env.url, queue).ready == 5  # nothing was removed
     r = cli("purge", queue, "--yes", "--json", "-A", MODULE, env=env.cli_env())
     assert r.returncode == 0, r.output
     assert r.json() == {"ok": True, "queue": queue, "removed": 5, "vhost": VHOST}
-    assert monitor.queue_depth(env.url, queue).ready == 0
+    assert queue_depth(env.url, queue).ready == 0
     _declare_and_publish(env.url, queue, 2)
     human = cli("purge", queue, "--yes", "-A", MODULE, env=env.cli_env())
     assert human.returncode == 0 and "removed 2 message(s)" in human.stdout
@@ -255,7 +255,7 @@ def test_purge_asks_on_a_terminal(env: Env, tmp_path: Path) -> None:
     import pty
     import time
 
-    from celeryctl import monitor
+    from celeryctl.broker import queue_depth
 
     queue = f"mon.tty.{UID}"
     _declare_and_publish(env.url, queue, 3)
@@ -289,7 +289,7 @@ def test_purge_asks_on_a_terminal(env: Env, tmp_path: Path) -> None:
     code, out = run(b"n")
     assert code == 11, out
     assert "3 ready message(s)" in out
-    assert monitor.queue_depth(env.url, queue).ready == 3
+    assert queue_depth(env.url, queue).ready == 3
     code, out = run(b"y")
     assert code == 0, out
     assert "removed 3 message(s)" in out
@@ -307,8 +307,8 @@ def _settings(env: Env) -> Any:
 def test_top_renders_the_worker_and_the_completed_and_failed_tasks(env: Env, worker: Worker) -> None:
     from rich.console import Console
 
-    from celeryctl.monitor import TopSession
     from celeryctl.render.top import frame
+    from celeryctl.top import TopSession
 
     session = TopSession(env.app, _settings(env), refresh=0.5)
     session.start()
@@ -467,8 +467,8 @@ def test_top_shows_a_lost_broker_connection_and_reconnects(env: Env, worker: Wor
     from celery import Celery
     from rich.console import Console
 
-    from celeryctl.monitor import TopSession
     from celeryctl.render.top import frame
+    from celeryctl.top import TopSession
 
     proxy = _Proxy(env.rabbit.port)
     proxy.up()
@@ -498,7 +498,7 @@ def test_top_shows_a_lost_broker_connection_and_reconnects(env: Env, worker: Wor
 
 
 def test_top_marks_a_dead_worker_offline_and_back_online(env: Env, tmp_path: Path) -> None:
-    from celeryctl.monitor import TopSession
+    from celeryctl.top import TopSession
 
     w = Worker(env, f"mondie{UID}@{socket.gethostname()}", tmp_path / "w.log").start()
     session = TopSession(env.app, _settings(env), refresh=1.0)
@@ -521,7 +521,7 @@ def test_top_marks_a_dead_worker_offline_and_back_online(env: Env, tmp_path: Pat
 
 def test_top_state_model_counts_and_expiry() -> None:
     """The model alone, fed the events a worker sends, on a fake clock."""
-    from celeryctl.monitor import TopState
+    from celeryctl.top import TopState
 
     now = [1000.0]
     st = TopState("amqp://x", clock=lambda: now[0])
@@ -603,7 +603,7 @@ def test_flower_refuses_a_public_address_without_auth(cli: CliRun, env: Env) -> 
 
 def test_flower_plan_passes_secrets_by_environment_and_the_broker_api(tmp_path: Path) -> None:
     """A node started with --management (its state file, our own pid as the live process)."""
-    from celeryctl.monitor import flower_plan
+    from celeryctl.flower import flower_plan
     from celeryctl.rabbitmq.node import NodeInfo
     from celeryctl.settings import load_settings
 

@@ -54,9 +54,12 @@ def root(
 from celeryctl.cli import broker  # noqa: E402
 from celeryctl.cli import demo as demo_cmd  # noqa: E402
 from celeryctl.cli import doctor as doctor_cmd  # noqa: E402
-from celeryctl.cli import monitor as monitor_cmd  # noqa: E402
+from celeryctl.cli import flower as flower_cmd  # noqa: E402
+from celeryctl.cli import queues as queues_cmd  # noqa: E402
 from celeryctl.cli import setup_broker as setup_broker_cmd  # noqa: E402
+from celeryctl.cli import status as status_cmd  # noqa: E402
 from celeryctl.cli import submit as submit_cmd  # noqa: E402
+from celeryctl.cli import top as top_cmd  # noqa: E402
 from celeryctl.cli import worker as worker_cmd  # noqa: E402
 
 app.command("demo")(demo_cmd.demo)
@@ -64,11 +67,11 @@ app.command("setup-broker")(setup_broker_cmd.setup_broker)
 app.command("worker", context_settings={"allow_interspersed_args": True})(worker_cmd.worker)
 app.command("submit")(submit_cmd.submit)
 app.command("doctor")(doctor_cmd.doctor)
-app.command("status")(monitor_cmd.status)
-app.command("top")(monitor_cmd.top)
-app.command("queues")(monitor_cmd.queues)
-app.command("purge")(monitor_cmd.purge)
-app.command("flower")(monitor_cmd.flower)
+app.command("status")(status_cmd.status)
+app.command("top")(top_cmd.top)
+app.command("queues")(queues_cmd.queues)
+app.command("purge")(queues_cmd.purge)
+app.command("flower")(flower_cmd.flower)
 app.add_typer(broker.app, name="broker")
 
 

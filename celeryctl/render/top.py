@@ -1,4 +1,4 @@
-"""The ``celeryctl top`` dashboard: one frame from a :class:`~celeryctl.monitor.TopView`, and the
+"""The ``celeryctl top`` dashboard: one frame from a :class:`~celeryctl.top.TopView`, and the
 live loop (Rich ``Live`` in the main thread, ``q`` to quit read from the terminal in cbreak mode).
 """
 
@@ -18,8 +18,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from celeryctl import render
+
 if TYPE_CHECKING:
-    from celeryctl.monitor import TopView
+    from celeryctl.top import TopView
 
 SPARKS = "▁▂▃▄▅▆▇█"
 
@@ -169,6 +171,11 @@ def frame(view: TopView, width: int = 100, *, footer: str | None = None) -> Rend
     if footer:
         parts.append(Text(footer, style="dim"))
     return Group(*parts)
+
+
+def print_snapshot(view: TopView) -> None:
+    """One frame on stdout, as wide as it is (when stdout is not a terminal)."""
+    render.out.print(frame(view, render.out.width))
 
 
 # --------------------------------------------------------------------------- the live loop

@@ -1,0 +1,90 @@
+"""celeryctl queues | purge: queue depths, and emptying one queue."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from celeryctl import render
+from celeryctl.cli.options import AppOpt, BrokerOpt, DataDirOpt, JsonOpt, resolve
+from celeryctl.errors import NotConfirmedError
+
+# Shared with status and top.
+QueueNamesOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--queue",
+        "-Q",
+        help="Also look up this queue (repeat it); needed for queues other than the app's on a remote broker.",
+        show_default=False,
+    ),
+]
+AllOpt = Annotated[
+    bool, typer.Option("--all", help="Include Celery's internal queues (remote control, events, replies).")
+]
+
+
+def queues(
+    json_: JsonOpt = False,
+    queue: QueueNamesOpt = None,
+    all_: AllOpt = False,
+    app_spec: AppOpt = None,
+    broker: BrokerOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """List queues with their messages ready, unacknowledged and consumers.
+
+    On celeryctl's own node every queue of the vhost is listed; on another broker the app's
+    queues and those named with --queue.
+    """
+    from celeryctl.queues import queues_report
+    from celeryctl.render.queues import print_queues
+
+    settings = resolve(broker_url=broker, app=app_spec, data_dir=data_dir)
+    report = queues_report(settings, queue or (), include_internal=all_)
+    if json_:
+        render.emit_json(render.ok_doc(**report.to_dict()))
+    else:
+        print_queues(report)
+
+
+def purge(
+    queue: Annotated[str, typer.Argument(help="The queue to empty.", show_default=False)],
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (required when not on a terminal).")
+    ] = False,
+    json_: JsonOpt = False,
+    app_spec: AppOpt = None,
+    broker: BrokerOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Remove every message waiting in QUEUE and say how many were removed.
+
+    Asks first on a terminal; elsewhere it refuses (exit 11) unless --yes.  Messages already
+    delivered to a worker and not yet acknowledged stay.
+    """
+    from celeryctl import queues as core
+    from celeryctl.broker import mask_url, queue_depth
+    from celeryctl.render.queues import print_purged
+    from celeryctl.status import resolve_broker
+
+    settings = resolve(broker_url=broker, app=app_spec, data_dir=data_dir)
+    url = resolve_broker(settings)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise NotConfirmedError(
+                f"not purging queue '{queue}' without confirmation",
+                "pass --yes to purge when not on a terminal",
+            )
+        depth = queue_depth(url, queue)
+        if not typer.confirm(
+            f"Remove the {depth.ready} ready message(s) from queue '{queue}' on {mask_url(url)}?", err=True
+        ):
+            raise NotConfirmedError(f"queue '{queue}' was not purged", "answer y, or pass --yes")
+    purged = core.purge(url, queue)
+    if json_:
+        render.emit_json(render.ok_doc(**purged.to_dict()))
+    else:
+        print_purged(purged)

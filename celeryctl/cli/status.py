@@ -1,0 +1,44 @@
+"""celeryctl status: one snapshot of workers and queues."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from celeryctl import render
+from celeryctl.cli.options import AppOpt, BackendOpt, BrokerOpt, DataDirOpt, JsonOpt, resolve
+from celeryctl.cli.queues import AllOpt, QueueNamesOpt
+
+TimeoutOpt = Annotated[
+    float,
+    typer.Option("--timeout", "-t", help="Seconds to wait for workers to answer.", min=0.1),
+]
+
+
+def status(
+    json_: JsonOpt = False,
+    timeout: TimeoutOpt = 0.5,
+    queue: QueueNamesOpt = None,
+    all_: AllOpt = False,
+    app_spec: AppOpt = None,
+    broker: BrokerOpt = None,
+    backend: BackendOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """One snapshot of workers (pool, concurrency, processed, active, uptime) and queues.
+
+    Workers get --timeout seconds to answer.  Queue depths: ready and unacknowledged apart on
+    celeryctl's own node (through rabbitmqctl), ready only on another broker (through AMQP).
+    """
+    from celeryctl import status as core
+    from celeryctl.celeryapp import load_app
+    from celeryctl.render.status import print_status
+
+    settings = resolve(broker_url=broker, result_backend=backend, app=app_spec, data_dir=data_dir)
+    app = load_app(settings.app, settings)
+    st = core.status(app, settings, timeout=timeout, queues=queue or (), include_internal=all_)
+    if json_:
+        render.emit_json(render.ok_doc(**st.to_dict()))
+    else:
+        print_status(st)

@@ -1,0 +1,53 @@
+"""``celeryctl queues`` and ``purge`` for people: the queue table (``status`` shows it too)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from celeryctl import render
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from celeryctl.broker import QueueDepth, QueueReport
+    from celeryctl.queues import Purged
+
+
+def queue_table(queues: list[QueueDepth], title: str | None = None) -> Table:
+    """queue, ready, unacked (``-`` when unknown), consumers."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", title_style="bold", box=None, pad_edge=False)
+    table.add_column("queue")
+    table.add_column("ready", justify="right")
+    table.add_column("unacked", justify="right")
+    table.add_column("consumers", justify="right")
+    for q in queues:
+        table.add_row(
+            render.escape(q.name),
+            str(q.ready),
+            "-" if q.unacked is None else str(q.unacked),
+            str(q.consumers) if q.consumers is not None else "-",
+        )
+    return table
+
+
+def report_title(report: QueueReport) -> str:
+    return f"queues (vhost {report.vhost}, via {report.source})"
+
+
+def warn_missing(report: QueueReport) -> None:
+    for name in report.missing:
+        render.warn(f"queue '{name}' does not exist")
+
+
+def print_queues(report: QueueReport) -> None:
+    if report.queues:
+        render.out.print(queue_table(report.queues, title=report_title(report)))
+    else:
+        render.out.print(f"no queues on vhost {report.vhost}")
+    warn_missing(report)
+
+
+def print_purged(purged: Purged) -> None:
+    render.out.print(f"removed {purged.removed} message(s) from queue '{render.escape(purged.queue)}'")

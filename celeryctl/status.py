@@ -1,0 +1,264 @@
+"""``celeryctl status``: one snapshot of the workers and the queues.
+
+Workers are asked through Celery's remote control with short deadlines (a ``stats`` broadcast
+that waits ``timeout`` seconds for answers, then ``active``/``active_queues`` addressed to the
+workers that answered, which return as soon as they all did).  Queue depths come from
+:mod:`celeryctl.broker`: ``rabbitmqctl list_queues`` when the broker is celeryctl's own node
+(ready and unacknowledged apart), else passive declares (ready messages and consumers only).
+
+Also here, shared by ``status``, ``queues``, ``purge``, ``top`` and ``flower``: which broker
+they look at (the ``-A`` app's own, unless a flag or ``CELERYCTL_*`` variable overrides it).
+Returns data and raises :mod:`celeryctl.errors`; nothing prints.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from celeryctl.broker import (
+    QueueReport,
+    app_queue_names,
+    close_quietly,
+    connect,
+    ensure_reachable,
+    mask_url,
+    own_node_runner,
+    parse,
+    queue_depths,
+    queues_via_ctl,
+)
+from celeryctl.errors import CeleryctlError, UnreachableError
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from celeryctl.settings import Settings
+
+T = TypeVar("T")
+
+#: How long ``status`` waits for workers to answer the first broadcast.
+DEFAULT_INSPECT_TIMEOUT = 0.5
+
+
+# --------------------------------------------------------------------------- the resolved broker
+
+
+def app_broker(app: Celery) -> str:
+    """The broker URL the app uses (``load_app`` already put a flag/env override in it)."""
+    return str(app.conf.broker_url)
+
+
+def named_app(settings: Settings) -> Celery | None:
+    """The ``-A`` app when one is named, else None (the built-in demo app is not loaded)."""
+    if not settings.app:
+        return None
+    from celeryctl.celeryapp import load_app
+
+    return load_app(settings.app, settings)
+
+
+def resolve_broker(settings: Settings) -> str:
+    """The broker URL: the ``-A`` app's own when it sets one (unless a flag/env overrides), else settings'."""
+    app = named_app(settings)
+    return app_broker(app) if app is not None else settings.broker
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception, for one line of output."""
+    text = str(exc).strip() or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if not text.startswith(type(exc).__name__) else text
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class WorkerStatus:
+    """One worker as its ``stats`` reply (and later heartbeats) describe it."""
+
+    name: str
+    online: bool = True
+    pool: str | None = None  # prefork, solo, threads, ...
+    concurrency: int | None = None
+    processed: int = 0  # tasks this worker process has received since it started
+    active: int = 0  # tasks running now
+    uptime: float | None = None  # seconds
+    pid: int | None = None
+    queues: list[str] = field(default_factory=list)
+    processed_by_task: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Status:
+    broker: str  # masked
+    workers: list[WorkerStatus]
+    queues: QueueReport
+    seconds: float
+
+    @property
+    def totals(self) -> dict[str, int | None]:
+        def total(values: Iterable[int | None]) -> int | None:
+            vals = list(values)
+            return None if any(v is None for v in vals) else sum(v for v in vals if v is not None)
+
+        return {
+            "workers": len(self.workers),
+            "concurrency": total(w.concurrency for w in self.workers),
+            "processed": sum(w.processed for w in self.workers),
+            "active": sum(w.active for w in self.workers),
+            "ready": total(q.ready for q in self.queues.queues),
+            "unacked": total(q.unacked for q in self.queues.queues),
+            "consumers": total(q.consumers for q in self.queues.queues),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "broker": self.broker,
+            "workers": [w.to_dict() for w in self.workers],
+            "queues": [q.to_dict() for q in self.queues.queues],
+            "queue_source": self.queues.source,
+            "vhost": self.queues.vhost,
+            "totals": self.totals,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def _pool_name(implementation: str | None) -> str | None:
+    if not implementation:
+        return None
+    # "celery.concurrency.prefork:TaskPool" -> "prefork"
+    module = implementation.split(":", 1)[0]
+    return module.rsplit(".", 1)[-1]
+
+
+def _worker_from_stats(name: str, stats: dict[str, Any]) -> WorkerStatus:
+    pool = stats.get("pool") or {}
+    concurrency = pool.get("max-concurrency")
+    if not isinstance(concurrency, int):
+        procs = pool.get("processes")
+        concurrency = len(procs) if isinstance(procs, list) else None
+    by_task = {str(k): int(v) for k, v in (stats.get("total") or {}).items()}
+    return WorkerStatus(
+        name=name,
+        pool=_pool_name(pool.get("implementation")),
+        concurrency=concurrency,
+        processed=sum(by_task.values()),
+        uptime=float(stats["uptime"]) if isinstance(stats.get("uptime"), (int, float)) else None,
+        pid=stats.get("pid") if isinstance(stats.get("pid"), int) else None,
+        processed_by_task=by_task,
+    )
+
+
+def inspect_workers(
+    app: Celery, timeout: float = DEFAULT_INSPECT_TIMEOUT
+) -> tuple[list[WorkerStatus], dict[str, list[dict[str, Any]]]]:
+    """Workers that answer a ``stats`` broadcast within ``timeout``, with their active tasks.
+
+    Returns (workers sorted by name, {worker: [active task dicts]}).
+    """
+    from kombu.exceptions import OperationalError
+
+    try:
+        stats = app.control.inspect(timeout=timeout).stats() or {}
+        workers = {name: _worker_from_stats(name, s) for name, s in stats.items() if isinstance(s, dict)}
+        active: dict[str, list[dict[str, Any]]] = {}
+        queues: dict[str, Any] = {}
+        if workers:
+            # Addressed to the workers that answered, with a limit: returns as soon as all did.
+            names = sorted(workers)
+            follow = app.control.inspect(timeout=max(timeout, 1.0), destination=names, limit=len(names))
+            active = {k: v for k, v in (follow.active() or {}).items() if isinstance(v, list)}
+            queues = follow.active_queues() or {}
+    except (OperationalError, OSError) as exc:
+        raise UnreachableError(
+            f"lost the broker at {mask_url(app_broker(app))} while asking the workers: {describe(exc)}",
+            "check that the broker is running (celeryctl broker status) and try again",
+        ) from None
+    for name, tasks in active.items():
+        if name in workers:
+            workers[name].active = len(tasks)
+    for name, qs in queues.items():
+        if name in workers and isinstance(qs, list):
+            workers[name].queues = sorted(str(q.get("name")) for q in qs if isinstance(q, dict))
+    return [workers[n] for n in sorted(workers)], active
+
+
+# --------------------------------------------------------------------------- the snapshot
+
+
+def _in_background(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Callable[[], T]:
+    """Run ``fn`` in a daemon thread; the returned function waits for its result (or raises)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - not handled here: re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="celeryctl-background", daemon=True)
+    thread.start()
+
+    def result() -> T:
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]  # type: ignore[no-any-return]
+
+    return result
+
+
+def _queues_via_amqp(url: str, names: Iterable[str], asked: Iterable[str]) -> QueueReport:
+    """Passive declares of ``names``; ``missing`` reports only the ``asked`` (``-Q``) ones."""
+    conn = connect(url)
+    try:
+        depths = queue_depths(conn, names)
+    finally:
+        close_quietly(conn)
+    wanted = set(asked)
+    found = sorted((d for d in depths if d.exists), key=lambda q: q.name)
+    return QueueReport(parse(url).vhost, "amqp", found, [d.name for d in depths if not d.exists and d.name in wanted])
+
+
+def status(
+    app: Celery,
+    settings: Settings,
+    *,
+    timeout: float = DEFAULT_INSPECT_TIMEOUT,
+    queues: Iterable[str] = (),
+    include_internal: bool = False,
+) -> Status:
+    """One snapshot: workers (through remote control) and queues, asked at the same time."""
+    started = time.monotonic()
+    url = app_broker(app)
+    vhost = parse(url).vhost
+    asked = list(dict.fromkeys(queues))
+    runner = own_node_runner(settings, url)
+    # rabbitmqctl boots an Erlang VM (~0.5 s): start it first and let it run while the broker
+    # is checked and the workers answer.  A daemon thread: an error exit does not wait for it.
+    listing = _in_background(queues_via_ctl, runner, vhost, include_internal=include_internal) if runner else None
+    ensure_reachable(url)
+    workers, _active = inspect_workers(app, timeout)
+    report: QueueReport | None = None
+    if listing is not None:
+        try:
+            listed = listing()
+        except CeleryctlError:
+            pass  # rabbitmqctl failed (cookie, node busy): fall back to AMQP
+        else:
+            present = {q.name for q in listed}
+            report = QueueReport(vhost, "rabbitmqctl", listed, [n for n in asked if n not in present])
+    if report is None:
+        names = [*app_queue_names(app), *(q for w in workers for q in w.queues), *asked]
+        report = _queues_via_amqp(url, names, asked)
+    return Status(mask_url(url), workers, report, time.monotonic() - started)
