@@ -142,3 +142,24 @@ def resolve_task_name(app: Celery, name: str) -> str:
         f"{label} task names: {listing}",
         details={"suggestions": suggestions, "registered": names},
     )
+
+
+# --------------------------------------------------------------------------- the resolved broker
+
+
+def app_broker(app: Celery) -> str:
+    """The broker URL the app uses (``load_app`` already put a flag/env override in it)."""
+    return str(app.conf.broker_url)
+
+
+def named_app(settings: Settings) -> Celery | None:
+    """The ``-A`` app when one is named, else None (the built-in demo app is not loaded)."""
+    if not settings.app:
+        return None
+    return load_app(settings.app, settings)
+
+
+def resolve_broker(settings: Settings) -> str:
+    """The broker URL: the ``-A`` app's own when it sets one (unless a flag/env overrides), else settings'."""
+    app = named_app(settings)
+    return app_broker(app) if app is not None else settings.broker

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celeryctl.broker import BrokerUrl, ensure_reachable, is_loopback, mask_url, own_management_url, with_userinfo
+from celeryctl.celeryapp import app_broker
 from celeryctl.errors import NotInstalledError, UsageError
-from celeryctl.status import app_broker
 
 if TYPE_CHECKING:
     from celery import Celery

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celeryctl.broker import QueueReport, app_queue_names, close_quietly, connect, list_queues, parse, queue_depth
+from celeryctl.celeryapp import app_broker, named_app
 from celeryctl.errors import AccessRefusedError, CeleryctlError
-from celeryctl.status import app_broker, named_app
 
 if TYPE_CHECKING:
     from celeryctl.settings import Settings

@@ -22,15 +22,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from celeryctl.broker import (
     QueueReport,
     app_queue_names,
-    close_quietly,
-    connect,
     ensure_reachable,
     mask_url,
     own_node_runner,
     parse,
-    queue_depths,
+    queues_via_amqp,
     queues_via_ctl,
 )
+from celeryctl.celeryapp import app_broker
 from celeryctl.errors import CeleryctlError, UnreachableError
 
 if TYPE_CHECKING:
@@ -42,29 +41,6 @@ T = TypeVar("T")
 
 #: How long ``status`` waits for workers to answer the first broadcast.
 DEFAULT_INSPECT_TIMEOUT = 0.5
-
-
-# --------------------------------------------------------------------------- the resolved broker
-
-
-def app_broker(app: Celery) -> str:
-    """The broker URL the app uses (``load_app`` already put a flag/env override in it)."""
-    return str(app.conf.broker_url)
-
-
-def named_app(settings: Settings) -> Celery | None:
-    """The ``-A`` app when one is named, else None (the built-in demo app is not loaded)."""
-    if not settings.app:
-        return None
-    from celeryctl.celeryapp import load_app
-
-    return load_app(settings.app, settings)
-
-
-def resolve_broker(settings: Settings) -> str:
-    """The broker URL: the ``-A`` app's own when it sets one (unless a flag/env overrides), else settings'."""
-    app = named_app(settings)
-    return app_broker(app) if app is not None else settings.broker
 
 
 def describe(exc: BaseException) -> str:
@@ -218,18 +194,6 @@ def _in_background(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Callable[
     return result
 
 
-def _queues_via_amqp(url: str, names: Iterable[str], asked: Iterable[str]) -> QueueReport:
-    """Passive declares of ``names``; ``missing`` reports only the ``asked`` (``-Q``) ones."""
-    conn = connect(url)
-    try:
-        depths = queue_depths(conn, names)
-    finally:
-        close_quietly(conn)
-    wanted = set(asked)
-    found = sorted((d for d in depths if d.exists), key=lambda q: q.name)
-    return QueueReport(parse(url).vhost, "amqp", found, [d.name for d in depths if not d.exists and d.name in wanted])
-
-
 def status(
     app: Celery,
     settings: Settings,
@@ -260,5 +224,5 @@ def status(
             report = QueueReport(vhost, "rabbitmqctl", listed, [n for n in asked if n not in present])
     if report is None:
         names = [*app_queue_names(app), *(q for w in workers for q in w.queues), *asked]
-        report = _queues_via_amqp(url, names, asked)
+        report = queues_via_amqp(url, names, asked)
     return Status(mask_url(url), workers, report, time.monotonic() - started)

@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from celeryctl.broker import QueueDepth, app_queue_names, ensure_reachable, list_queues, mask_url, own_node_runner
+from celeryctl.celeryapp import app_broker
 from celeryctl.errors import CeleryctlError
-from celeryctl.status import DEFAULT_INSPECT_TIMEOUT, WorkerStatus, app_broker, describe, inspect_workers
+from celeryctl.status import DEFAULT_INSPECT_TIMEOUT, WorkerStatus, describe, inspect_workers
 
 if TYPE_CHECKING:
     from celery import Celery

@@ -43,9 +43,8 @@ def flower(
     Passwords reach Flower through its environment, never through an argv.
     """
     from celeryctl import flower as core
-    from celeryctl.celeryapp import load_app
+    from celeryctl.celeryapp import app_broker, load_app
     from celeryctl.render.flower import announce
-    from celeryctl.status import app_broker
 
     settings = resolve(
         broker_url=broker, result_backend=backend, app=app_spec, data_dir=data_dir, flower_basic_auth=basic_auth

@@ -52,6 +52,19 @@ DataDirOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (errors too).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show more detail.")]
+# queues, status and top:
+QueueNamesOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--queue",
+        "-Q",
+        help="Also look up this queue (repeat it); needed for queues other than the app's on a remote broker.",
+        show_default=False,
+    ),
+]
+AllOpt = Annotated[
+    bool, typer.Option("--all", help="Include Celery's internal queues (remote control, events, replies).")
+]
 
 
 def config_path(config: Path | None = None) -> Path | None:

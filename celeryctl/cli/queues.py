@@ -8,22 +8,8 @@ from typing import Annotated
 import typer
 
 from celeryctl import render
-from celeryctl.cli.options import AppOpt, BrokerOpt, DataDirOpt, JsonOpt, resolve
+from celeryctl.cli.options import AllOpt, AppOpt, BrokerOpt, DataDirOpt, JsonOpt, QueueNamesOpt, resolve
 from celeryctl.errors import NotConfirmedError
-
-# Shared with status and top.
-QueueNamesOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--queue",
-        "-Q",
-        help="Also look up this queue (repeat it); needed for queues other than the app's on a remote broker.",
-        show_default=False,
-    ),
-]
-AllOpt = Annotated[
-    bool, typer.Option("--all", help="Include Celery's internal queues (remote control, events, replies).")
-]
 
 
 def queues(
@@ -67,8 +53,8 @@ def purge(
     """
     from celeryctl import queues as core
     from celeryctl.broker import mask_url, queue_depth
+    from celeryctl.celeryapp import resolve_broker
     from celeryctl.render.queues import print_purged
-    from celeryctl.status import resolve_broker
 
     settings = resolve(broker_url=broker, app=app_spec, data_dir=data_dir)
     url = resolve_broker(settings)

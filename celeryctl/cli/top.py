@@ -7,8 +7,7 @@ from typing import Annotated
 import typer
 
 from celeryctl import render
-from celeryctl.cli.options import AppOpt, BackendOpt, BrokerOpt, DataDirOpt, JsonOpt, resolve
-from celeryctl.cli.queues import QueueNamesOpt
+from celeryctl.cli.options import AppOpt, BackendOpt, BrokerOpt, DataDirOpt, JsonOpt, QueueNamesOpt, resolve
 
 
 def top(

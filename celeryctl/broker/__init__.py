@@ -1,0 +1,98 @@
+"""The one home of broker access (a package: ``url``, ``access``, ``queues``; import from here).
+
+* :class:`BrokerUrl` — a broker URL parsed once: scheme, hosts (a list: Celery's ``;``-separated
+  failover URLs), credentials, vhost, its masked form, whether it is on this machine and whether
+  it is celeryctl's own node.  Nothing else in celeryctl splits a URL.
+* Reachability — :func:`ensure_reachable` (AMQP handshake, then a login) and :func:`connect`
+  (a pika connection) both map failures the same way: exit 6 (unreachable) or 7 (refused).
+* Queue depth — :func:`queue_depths` (passive declares on any open connection: ready and
+  consumers) and :func:`list_queues` (every queue of the vhost through ``rabbitmqctl`` when the
+  broker is celeryctl's node, with unacknowledged messages apart; else passive declares).
+* :func:`app_queue_names` — the queues a Celery app sends to.
+
+This package imports neither celery, kombu nor pika at module level (``--help`` stays fast).
+"""
+
+from __future__ import annotations
+
+from celeryctl.broker.access import (
+    CREDENTIALS_HINT,
+    START_HINT,
+    WAIT_HINT,
+    access_error,
+    close_quietly,
+    connect,
+    ensure_reachable,
+    own_management_url,
+    own_node,
+    own_node_runner,
+)
+from celeryctl.broker.queues import (
+    QueueDepth,
+    QueueReport,
+    app_queue_names,
+    is_internal_queue,
+    list_queues,
+    queue_depth,
+    queue_depths,
+    queues_via_amqp,
+    queues_via_ctl,
+)
+from celeryctl.broker.url import (
+    DEFAULT_PORT,
+    DEFAULT_PORTS,
+    LOOPBACK_NAMES,
+    MANAGEMENT_PORT,
+    SCHEMES,
+    URL_HINT,
+    BrokerUrl,
+    Host,
+    build_amqp_url,
+    first_url,
+    is_loopback,
+    is_this_machine,
+    mask_url,
+    parse,
+    url_password,
+    url_user,
+    with_userinfo,
+)
+
+__all__ = [
+    "CREDENTIALS_HINT",
+    "DEFAULT_PORT",
+    "DEFAULT_PORTS",
+    "LOOPBACK_NAMES",
+    "MANAGEMENT_PORT",
+    "SCHEMES",
+    "START_HINT",
+    "URL_HINT",
+    "WAIT_HINT",
+    "BrokerUrl",
+    "Host",
+    "QueueDepth",
+    "QueueReport",
+    "access_error",
+    "app_queue_names",
+    "build_amqp_url",
+    "close_quietly",
+    "connect",
+    "ensure_reachable",
+    "first_url",
+    "is_internal_queue",
+    "is_loopback",
+    "is_this_machine",
+    "list_queues",
+    "mask_url",
+    "own_management_url",
+    "own_node",
+    "own_node_runner",
+    "parse",
+    "queue_depth",
+    "queue_depths",
+    "queues_via_amqp",
+    "queues_via_ctl",
+    "url_password",
+    "url_user",
+    "with_userinfo",
+]

@@ -1,0 +1,243 @@
+"""Queue depth (ready, unacknowledged where known, consumers) and the queues an app sends to."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from celeryctl.broker.access import close_quietly, connect, own_node_runner
+from celeryctl.broker.url import BrokerUrl, parse
+from celeryctl.errors import AccessRefusedError, QueueNotFoundError
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from celeryctl.rabbitmq.ctl import Runner
+    from celeryctl.settings import Settings
+
+# --------------------------------------------------------------------------- queue depth
+
+
+@dataclass
+class QueueDepth:
+    """One queue: ``ready`` waits for a consumer, ``unacked`` is delivered and not yet
+    acknowledged (None when unknown: a passive declare does not tell)."""
+
+    name: str
+    ready: int | None
+    unacked: int | None
+    consumers: int | None
+    exists: bool = True
+
+    @property
+    def messages(self) -> int | None:
+        """Every message the queue holds: ready + unacked (ready alone when unacked is unknown)."""
+        if self.ready is None:
+            return None
+        return self.ready + (self.unacked or 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "messages": self.messages}
+
+
+@dataclass
+class QueueReport:
+    vhost: str
+    source: str  # "rabbitmqctl" (celeryctl's node) or "amqp" (passive declare)
+    queues: list[QueueDepth]
+    missing: list[str] = field(default_factory=list)  # asked-for queues that do not exist
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vhost": self.vhost,
+            "source": self.source,
+            "queues": [q.to_dict() for q in self.queues],
+            "missing": self.missing,
+        }
+
+
+def _reply_code(exc: BaseException) -> int | None:
+    # pika: ChannelClosedByBroker.reply_code; py-amqp (kombu): NotFound.reply_code / .code
+    code = getattr(exc, "reply_code", None) or getattr(exc, "code", None)
+    return code if isinstance(code, int) else None
+
+
+def _channel_errors() -> tuple[type[BaseException], ...]:
+    """What a passive declare raises for a missing or forbidden queue (pika or py-amqp)."""
+    errors: list[type[BaseException]] = []
+    try:
+        import pika.exceptions
+
+        errors.append(pika.exceptions.ChannelClosedByBroker)
+    except ImportError:  # pragma: no cover - pika is a dependency
+        pass
+    try:
+        import amqp.exceptions
+
+        errors.append(amqp.exceptions.ChannelError)
+    except ImportError:  # pragma: no cover - celery brings amqp
+        pass
+    return tuple(errors)
+
+
+def queue_depths(conn: Any, names: Iterable[str]) -> list[QueueDepth]:
+    """Ready messages and consumers of each queue by passive declare (changes nothing, needs no
+    permission), on an open pika or kombu connection.  A queue that does not exist comes back
+    with ``exists=False``; one the user may not see is exit 7."""
+    depths: list[QueueDepth] = []
+    errors = _channel_errors()
+    channel = conn.channel()
+    try:
+        for name in dict.fromkeys(names):
+            try:
+                ok = channel.queue_declare(queue=name, passive=True)
+            except errors as exc:
+                code = _reply_code(exc)
+                if code == 403:
+                    raise AccessRefusedError(
+                        f"not allowed to look at queue '{name}': {exc}",
+                        "the broker user needs configure permission on the queue",
+                    ) from None
+                if code != 404:
+                    raise
+                depths.append(QueueDepth(name, 0, None, 0, exists=False))
+                channel = conn.channel()  # the error closed the channel
+                continue
+            frame = getattr(ok, "method", ok)  # pika: a frame around Queue.DeclareOk; py-amqp: a tuple
+            depths.append(QueueDepth(name, int(frame.message_count), None, int(frame.consumer_count)))
+    finally:
+        close_quietly(channel)
+    return depths
+
+
+def queue_depth(url: str | BrokerUrl, queue: str) -> QueueDepth:
+    """One queue through a passive declare; a queue that does not exist is an error."""
+    conn = connect(url)
+    try:
+        (depth,) = queue_depths(conn, [queue])
+    finally:
+        close_quietly(conn)
+    if not depth.exists:
+        raise QueueNotFoundError(
+            f"queue '{queue}' does not exist on vhost '{parse(url).vhost}'", "list the queues with: celeryctl queues"
+        )
+    return depth
+
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def is_internal_queue(name: str) -> bool:
+    """Celery's own plumbing: remote-control (pidbox), event and ``rpc://`` reply queues."""
+    return (
+        bool(_UUID.match(name))  # rpc:// result queues are named by a UUID
+        or name.endswith(".pidbox")
+        or name.startswith(("celeryev.", "amq.", "celery.check.", "celeryctl.check."))
+        or name.endswith(".reply.celery.pidbox")
+    )
+
+
+def queues_via_ctl(runner: Runner, vhost: str, *, include_internal: bool = False) -> list[QueueDepth]:
+    """Every queue of ``vhost`` with ready and unacknowledged messages apart (rabbitmqctl)."""
+    rows = runner.json(
+        "list_queues",
+        "-p",
+        vhost,
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+        "consumers",
+        "durable",
+        "auto_delete",
+        "exclusive",
+    )
+    out: list[QueueDepth] = []
+    for row in rows if isinstance(rows, list) else []:
+        name = str(row.get("name", ""))
+        if not include_internal and (is_internal_queue(name) or row.get("exclusive") is True):
+            continue
+        if not include_internal and row.get("auto_delete") is True and not row.get("durable"):
+            continue  # rpc:// reply queues and other throw-away queues
+        out.append(
+            QueueDepth(
+                name=name,
+                ready=int(row.get("messages_ready") or 0),
+                unacked=int(row.get("messages_unacknowledged") or 0),
+                consumers=int(row.get("consumers") or 0),
+            )
+        )
+    return sorted(out, key=lambda q: q.name)
+
+
+def list_queues(
+    url: str | BrokerUrl,
+    settings: Settings,
+    names: Iterable[str] = (),
+    *,
+    include_internal: bool = False,
+    runner: Runner | None = None,
+) -> QueueReport:
+    """Queue depths on the broker's vhost.
+
+    On celeryctl's own node every queue of the vhost is listed through rabbitmqctl (ready and
+    unacknowledged apart); elsewhere the ``names`` given are looked up by passive declare.
+    """
+    from celeryctl.errors import CeleryctlError
+
+    target = parse(url)
+    wanted = list(dict.fromkeys(names))
+    runner = runner or own_node_runner(settings, target)
+    if runner is not None:
+        try:
+            queues = queues_via_ctl(runner, target.vhost, include_internal=include_internal)
+        except CeleryctlError:
+            queues = None  # rabbitmqctl failed (cookie, node busy): fall back to AMQP
+        if queues is not None:
+            present = {q.name for q in queues}
+            return QueueReport(target.vhost, "rabbitmqctl", queues, [n for n in wanted if n not in present])
+    return queues_via_amqp(target, wanted)
+
+
+def queues_via_amqp(url: str | BrokerUrl, names: Iterable[str], asked: Iterable[str] | None = None) -> QueueReport:
+    """Passive declares of ``names`` on one connection; ``missing`` lists the names that do not
+    exist (only those among ``asked`` when it is given: the ``-Q`` ones)."""
+    target = parse(url)
+    conn = connect(target)
+    try:
+        depths = queue_depths(conn, names)
+    finally:
+        close_quietly(conn)
+    wanted = set(names if asked is None else asked)
+    found = sorted((d for d in depths if d.exists), key=lambda q: q.name)
+    return QueueReport(target.vhost, "amqp", found, [d.name for d in depths if not d.exists and d.name in wanted])
+
+
+# --------------------------------------------------------------------------- the app's queues
+
+
+def app_queue_names(app: Celery) -> list[str]:
+    """The queues the app sends to: the default queue, ``task_queues``, ``task_routes`` and the
+    tasks' own ``queue`` options, in that order, each once."""
+    conf = app.conf
+    names: list[str] = [conf.task_default_queue or "celery"]
+
+    def add(value: Any) -> None:
+        if isinstance(value, str):
+            names.append(value)
+        elif getattr(value, "name", None):
+            names.append(str(value.name))
+        elif isinstance(value, dict):
+            add(value.get("queue"))
+
+    for queue in conf.task_queues or ():
+        add(queue)
+    routes = conf.task_routes
+    for mapping in routes if isinstance(routes, (list, tuple)) else [routes]:
+        if isinstance(mapping, dict):
+            for value in mapping.values():
+                add(value)
+    for task in list(app.tasks.values()):
+        add(getattr(task, "queue", None))
+    return list(dict.fromkeys(n for n in names if n))

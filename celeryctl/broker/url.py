@@ -1,0 +1,221 @@
+"""Broker URLs, parsed once: :class:`BrokerUrl` (scheme, a list of hosts for Celery's ``;``-separated
+failover URLs, credentials, vhost, masked form, this machine or not, celeryctl's node or not) and
+the few helpers that build or mask URLs.  Nothing else in celeryctl splits a URL."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from celeryctl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from celeryctl.rabbitmq.node import NodeInfo
+
+SCHEMES = ("amqp", "amqps", "pyamqp")
+DEFAULT_PORTS = {"amqp": 5672, "pyamqp": 5672, "amqps": 5671}
+DEFAULT_PORT = DEFAULT_PORTS["amqp"]
+MANAGEMENT_PORT = 15672
+URL_HINT = "use amqp://USER:PASSWORD@HOST:PORT/VHOST"
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+
+# --------------------------------------------------------------------------- hosts
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, ``127.x.y.z``, ``::1``: reachable only from this machine."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def is_this_machine(host: str) -> bool:
+    """Loopback, or this machine's own host name (``rabbit@myhost`` runs here)."""
+    if not host or is_loopback(host):
+        return True
+    name = socket.gethostname().lower()
+    return host.lower() in (name, name.split(".")[0])
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+@dataclass(frozen=True)
+class Host:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    """An AMQP broker URL, parsed the way kombu reads it (``//`` and ``/%2F`` are vhost ``/``).
+
+    ``raw`` is the value as given; a failover list (``amqp://h1;amqp://h2``) has one entry in
+    ``urls`` and ``hosts`` per broker.  User, password and vhost are the first URL's.
+    """
+
+    raw: str
+    urls: tuple[str, ...]
+    scheme: str
+    hosts: tuple[Host, ...]
+    user: str
+    password: str | None
+    vhost: str
+
+    @classmethod
+    def parse(cls, value: str | Sequence[str], source: str = "") -> BrokerUrl:
+        """Parse one URL or a failover list; :class:`ConfigError` (exit 3) when it is not AMQP."""
+        where = f" (from {source})" if source else ""
+        items = [value] if isinstance(value, str) else list(value)
+        urls = tuple(u.strip() for item in items for u in str(item).split(";") if u.strip())
+        if not urls:
+            raise ConfigError(f"broker URL{where} is empty", URL_HINT)
+        hosts: list[Host] = []
+        first = None
+        for url in urls:
+            try:
+                parts = urlsplit(url)
+                port = parts.port
+            except ValueError as exc:
+                raise ConfigError(f"broker URL{where} is invalid: {exc}", URL_HINT) from None
+            if parts.scheme not in SCHEMES:
+                raise ConfigError(
+                    f"broker URL{where} has scheme '{parts.scheme or '(none)'}', expected amqp:// or amqps://",
+                    URL_HINT,
+                )
+            if not parts.hostname:
+                raise ConfigError(f"broker URL{where} has no host", URL_HINT)
+            hosts.append(Host(parts.hostname, port or DEFAULT_PORTS[parts.scheme]))
+            first = first or parts
+        assert first is not None
+        return cls(
+            raw=value if isinstance(value, str) else ";".join(urls),
+            urls=urls,
+            scheme=first.scheme,
+            hosts=tuple(hosts),
+            user=unquote(first.username or "guest"),
+            password=unquote(first.password) if first.password is not None else None,
+            vhost=unquote(first.path[1:]) if len(first.path) > 1 else "/",
+        )
+
+    @property
+    def url(self) -> str:
+        """The first URL of the list."""
+        return self.urls[0]
+
+    @property
+    def host(self) -> str:
+        return self.hosts[0].host
+
+    @property
+    def port(self) -> int:
+        return self.hosts[0].port
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "amqps"
+
+    @property
+    def masked(self) -> str:
+        return ";".join(mask_url(u) for u in self.urls)
+
+    @property
+    def on_this_machine(self) -> bool:
+        return all(is_this_machine(h.host) for h in self.hosts)
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        """What makes two URLs the same broker login (``//`` and ``/%2F`` are both vhost ``/``)."""
+        hosts = tuple((h.host.lower(), h.port) for h in self.hosts)
+        return (self.tls, hosts, self.user, self.password, self.vhost)
+
+    def is_node(self, info: NodeInfo | None) -> bool:
+        """Is this celeryctl's private node (described by ``info``)?"""
+        return info is not None and any(is_loopback(h.host) and h.port == info.port for h in self.hosts)
+
+    def with_credentials(self, user: str, password: str) -> str:
+        """The first URL with another user and password (same host, port and vhost)."""
+        return build_amqp_url(user, password, self.host, self.port, self.vhost, scheme=self.scheme)
+
+    def pika_parameters(self, timeout: float = 2.0) -> Any:
+        """pika parameters for the first URL, with short timeouts and no retries."""
+        import pika
+
+        # kombu reads the vhost as everything after the first slash ("//" is "/"); pika wants it quoted.
+        parts = urlsplit(self.url.replace("pyamqp://", "amqp://", 1))
+        params = pika.URLParameters(urlunsplit(parts._replace(path="/" + quote(self.vhost, safe=""))))
+        params.socket_timeout = timeout
+        params.blocked_connection_timeout = timeout
+        params.stack_timeout = timeout * 2
+        params.connection_attempts = 1
+        params.retry_delay = 0
+        return params
+
+
+def parse(value: str | Sequence[str] | BrokerUrl, source: str = "") -> BrokerUrl:
+    return value if isinstance(value, BrokerUrl) else BrokerUrl.parse(value, source)
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of any URL (``amqp://user:****@host/vhost``); lists are masked item by item."""
+    if ";" in url:
+        return ";".join(mask_url(u) for u in url.split(";"))
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:****@{netloc[1]}"))
+
+
+def url_password(url: str) -> str | None:
+    """The password of a URL (of the first URL of a list), or None."""
+    try:
+        pw = urlsplit(url.split(";", 1)[0]).password
+    except ValueError:
+        return None
+    return unquote(pw) if pw is not None else None
+
+
+def url_user(url: str) -> str | None:
+    try:
+        user = urlsplit(url.split(";", 1)[0]).username
+    except ValueError:
+        return None
+    return unquote(user) if user is not None else None
+
+
+def build_amqp_url(user: str, password: str, host: str, port: int, vhost: str, *, scheme: str = "amqp") -> str:
+    """An AMQP URL with user, password and vhost percent-encoded (vhost ``/`` becomes ``%2F``)."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{shown}:{port}/{quote(vhost, safe='')}"
+
+
+def with_userinfo(http_url: str, user: str, password: str) -> str:
+    """``http://host:port/path`` with credentials (Flower's broker API URL)."""
+    parts = urlsplit(http_url)
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.netloc.rsplit('@', 1)[-1]}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def first_url(value: Any) -> str | None:
+    """The first URL of a broker setting (celery allows a list or ``;``-separated failover URLs)."""
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    if not isinstance(value, str) or not value:
+        return None
+    return value.split(";", 1)[0].strip()
