@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from celeryctl.broker import DEFAULT_PORT, build_amqp_url
+from celeryctl.broker import DEFAULT_PORT, MANAGEMENT_PORT, build_amqp_url
 from celeryctl.errors import CeleryctlError, NodeError, NotInstalledError, TimeoutError_, UnreachableError
 from celeryctl.probe import amqp_handshake, port_is_free
 from celeryctl.rabbitmq.ctl import BIN_DIR_ENV, Runner, installed_version, require_bin_dir, run_program
@@ -281,7 +281,7 @@ class Node:
         epmd_port = epmd_port or pick_free_port([dist_port + 100, dist_port + 101], used)
         used.add(epmd_port)
         if management:
-            management_port = management_port or pick_free_port([15672, port + 10000], used)
+            management_port = management_port or pick_free_port([MANAGEMENT_PORT, port + 10000], used)
         info = NodeInfo(
             name=f"celeryctl-{port}@localhost",
             port=port,
