@@ -26,6 +26,7 @@ from pathlib import Path
 
 from celeryctl.rabbitmq import provision
 from celeryctl.rabbitmq.node import Node, pick_free_port
+from celeryctl.rabbitmq.plan import Request
 from celeryctl.settings import load_settings
 
 
@@ -55,17 +56,17 @@ def main() -> int:
                 runner.run("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
 
             def fresh(i: int) -> None:
-                request = provision.Request(user=f"new-{tag}-{i}", vhost=f"newv-{tag}-{i}", tags=["mytag"])
+                request = Request(user=f"new-{tag}-{i}", vhost=f"newv-{tag}-{i}", tags=["mytag"])
                 result = provision.setup(request, settings)
                 assert result.changed and result.verification and result.verification.ok
                 assert [s.name for s in result.plan.steps] == ["import_definitions"]
 
             def fresh_default(i: int) -> None:
-                request = provision.Request(user=f"def-{tag}-{i}", vhost=f"defv-{tag}-{i}")
+                request = Request(user=f"def-{tag}-{i}", vhost=f"defv-{tag}-{i}")
                 result = provision.setup(request, settings)
                 assert result.changed and result.verification and result.verification.ok
 
-            fixed = provision.Request(user=f"same-{tag}", vhost=f"samev-{tag}", password="bench-" + tag)
+            fixed = Request(user=f"same-{tag}", vhost=f"samev-{tag}", password="bench-" + tag)
             provision.setup(fixed, settings)
 
             def rerun(_i: int) -> None:

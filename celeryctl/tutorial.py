@@ -49,18 +49,19 @@ def prepare_broker(
     celeryctl's own private node, and the new URL is saved.
     """
     from celeryctl.rabbitmq import provision
+    from celeryctl.rabbitmq.plan import Request
 
     say = on_progress or (lambda _m: None)
     node = settings.local_node()
     say("starting (or reusing) celeryctl's private RabbitMQ node")
     _info, node_started = node.start(port, on_progress=say)
     save_to = provision.settings_path(settings) if save else None
-    request = provision.Request()
+    request = Request()
     result = provision.setup(request, settings, save_to=save_to, on_progress=say)
     rotated = False
     if result.url is None:
         rotated = True
-        result = provision.setup(provision.Request(rotate_password=True), settings, save_to=save_to, on_progress=say)
+        result = provision.setup(Request(rotate_password=True), settings, save_to=save_to, on_progress=say)
     assert result.url is not None  # a rotated password is always known
     settings.broker_url = result.url
     settings.sources["broker_url"] = "setup-broker (demo)"

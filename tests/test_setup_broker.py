@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 
 from celeryctl.probe import check_access
-from celeryctl.rabbitmq import provision
+from celeryctl.rabbitmq.apply import apply_plan
 from celeryctl.rabbitmq.ctl import find_bin_dir
+from celeryctl.rabbitmq.definitions import password_matches, read_state, read_state_parallel
+from celeryctl.rabbitmq.plan import Request, expected_access, plan_setup
 from celeryctl.settings import load_settings, url_password
 from tests.conftest import CliResult, CliRun, RabbitNode
 
@@ -237,7 +239,7 @@ def test_fresh_setup_then_identical_rerun_changes_nothing(
     (entry,) = imported["users"]
     assert entry["name"] == user and entry["tags"] == []
     assert entry["hashing_algorithm"] == "rabbit_password_hashing_sha256"
-    assert provision.password_matches(entry["password_hash"], entry["hashing_algorithm"], password) is True
+    assert password_matches(entry["password_hash"], entry["hashing_algorithm"], password) is True
     assert imported["vhosts"] == [{"name": vhost}]
     assert imported["permissions"] == [{"user": user, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}]
     assert user_of(rabbit, user)["password_hash"] == entry["password_hash"]  # type: ignore[index]
@@ -336,7 +338,7 @@ def test_rotate_password(cli: CliRun, rabbit: RabbitNode, env: dict[str, str], s
     (imported,) = shim.imports()
     assert set(imported) == {"users"}  # only the password changes: a new hash, the same (no) tags
     new_hash = imported["users"][0]["password_hash"]
-    assert provision.password_matches(new_hash, "rabbit_password_hashing_sha256", new_pw) is True
+    assert password_matches(new_hash, "rabbit_password_hashing_sha256", new_pw) is True
     assert user_of(rabbit, user)["password_hash"] == new_hash  # type: ignore[index]
     assert all(new_pw not in c and old_pw not in c for c in shim.calls())
     assert new_pw not in shim.stdin_text() and old_pw not in shim.stdin_text()
@@ -510,11 +512,11 @@ def test_failed_import_on_an_unreadable_node_is_unknown(rabbit: RabbitNode) -> N
             return super().run(*args, **kwargs)
 
     runner = GoneAfterRead(bin_dir=real.bin_dir, node=real.node, env=real.env)
-    request = provision.Request(user=unique("u"), vhost=unique("v"))
-    plan = provision.plan_setup(request, provision.read_state(runner, request))
+    request = Request(user=unique("u"), vhost=unique("v"))
+    plan = plan_setup(request, read_state(runner, request))
     runner.calls.clear()
     with pytest.raises(CommandError) as caught:
-        provision.apply_plan(runner, plan)
+        apply_plan(runner, plan)
     assert "which changes were applied is unknown" in caught.value.message
     assert {i["status"] for i in caught.value.details["items"]} == {"unknown"}
     assert [c[0] for c in runner.calls] == ["import_definitions", "export_definitions"]
@@ -538,10 +540,10 @@ def test_import_touches_nothing_outside_the_plan(rabbit: RabbitNode) -> None:
     runner.run("set_topic_permissions", "-p", vhost_a, "--", user, "amq.topic", "^t", "^t")
     before = definitions(rabbit)
 
-    request = provision.Request(user=user, vhost=vhost_new, tags=["policymaker"], write="^w")
-    plan = provision.plan_setup(request, provision.read_state(runner, request))
+    request = Request(user=user, vhost=vhost_new, tags=["policymaker"], write="^w")
+    plan = plan_setup(request, read_state(runner, request))
     assert [s.name for s in plan.steps] == ["import_definitions"]
-    provision.apply_plan(runner, plan)
+    apply_plan(runner, plan)
     after = definitions(rabbit)
 
     def without(defs: dict[str, Any], key: str, drop: Callable[[dict[str, Any]], bool]) -> list[str]:
@@ -720,24 +722,24 @@ def test_rabbitmq_not_installed(cli: CliRun, tmp_path: Path) -> None:
 def test_fallback_reads_in_parallel_agree_with_export_definitions(rabbit: RabbitNode) -> None:
     runner = rabbit.runner()
     user, vhost, pw = unique("u"), unique("v"), "pw-" + uuid.uuid4().hex
-    request = provision.Request(user=user, vhost=vhost, tags=["management", "policymaker"], password=pw)
-    plan = provision.plan_setup(request, provision.read_state(runner, request))
-    provision.apply_plan(runner, plan)
-    exported = provision.read_state(runner, request)
-    listed = provision.read_state_parallel(runner, request)
+    request = Request(user=user, vhost=vhost, tags=["management", "policymaker"], password=pw)
+    plan = plan_setup(request, read_state(runner, request))
+    apply_plan(runner, plan)
+    exported = read_state(runner, request)
+    listed = read_state_parallel(runner, request)
     assert listed.vhosts == exported.vhosts
     assert listed.users[user].tags == exported.users[user].tags == ["management", "policymaker"]
     assert listed.permissions[(user, vhost)] == exported.permissions[(user, vhost)] == (".*", ".*", ".*")
     assert listed.password_checked[user] is True  # authenticate_user, password on stdin
     u = exported.users[user]
-    assert provision.password_matches(u.password_hash, u.hashing_algorithm, pw) is True
-    assert provision.password_matches(u.password_hash, u.hashing_algorithm, pw + "x") is False
-    again = provision.plan_setup(request, listed)
+    assert password_matches(u.password_hash, u.hashing_algorithm, pw) is True
+    assert password_matches(u.password_hash, u.hashing_algorithm, pw + "x") is False
+    again = plan_setup(request, listed)
     assert again.changed is False
 
 
 def test_expected_access_follows_rabbitmq_regex_rules() -> None:
-    exp: Callable[..., dict[str, bool]] = lambda **kw: provision.expected_access(provision.Request(**kw))  # noqa: E731
+    exp: Callable[..., dict[str, bool]] = lambda **kw: expected_access(Request(**kw))  # noqa: E731
     assert exp() == {"configure": True, "write": True, "read": True}
     assert exp(configure="", write="^amq\\.default$", read="^celery") == {
         "configure": False,

@@ -8,6 +8,7 @@ import typer
 
 from celeryctl import render
 from celeryctl.cli.options import DataDirOpt, JsonOpt, resolve
+from celeryctl.render import broker as view
 
 if TYPE_CHECKING:
     from celeryctl.rabbitmq.node import Node
@@ -20,10 +21,7 @@ app = typer.Typer(
 
 
 def _node(data_dir: object) -> Node:
-    from celeryctl.rabbitmq.node import Node
-
-    settings = resolve(data_dir=data_dir)
-    return Node(settings.data_dir / "node")
+    return resolve(data_dir=data_dir).local_node()
 
 
 @app.command()
@@ -38,10 +36,8 @@ def install(json_: JsonOpt = False) -> None:
         result = installer.install(on_progress=update)
     if json_:
         render.emit_json(render.ok_doc(**result.to_dict()))
-    elif result.installed_now:
-        render.out.print(f"installed RabbitMQ {result.version or ''} ({result.bin_dir})")
     else:
-        render.out.print(f"RabbitMQ {result.version or '(unknown version)'} is already installed ({result.bin_dir})")
+        view.show_installation(result)
 
 
 @app.command()
@@ -79,14 +75,8 @@ def start(
                 data_dir=str(node.dir),
             )
         )
-        return
-    if started:
-        render.info(f"RabbitMQ {info.version or ''} node {info.name} is running (pid {info.pid})")
     else:
-        render.info(f"already running: node {info.name} (pid {info.pid})")
-    if info.management_url:
-        render.info(f"management UI: {info.management_url} (guest/guest, loopback only)")
-    render.out.print(info.url)
+        view.show_started(info, started)
 
 
 @app.command()
@@ -113,15 +103,6 @@ def status(data_dir: DataDirOpt = None, json_: JsonOpt = False) -> None:
     if json_:
         render.emit_json(render.ok_doc(**doc))
     else:
-        from rich.table import Table
-
-        table = Table(show_header=False, box=None, pad_edge=False)
-        table.add_column(style="bold")
-        table.add_column()
-        table.add_row("state", "[green]running[/]" if st.running else "[red]not running[/]")
-        for key in ("name", "pid", "url", "port", "dist_port", "epmd_port", "management_port", "version", "data_dir"):
-            if doc.get(key) is not None:
-                table.add_row(key.replace("_", " "), str(doc[key]))
-        render.out.print(table)
+        view.show_status(doc, st.running)
     if not st.running:
         raise typer.Exit(6)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -11,67 +11,11 @@ from celeryctl import render
 from celeryctl.cli.options import ConfigOpt, DataDirOpt, JsonOpt, resolve
 from celeryctl.errors import CeleryctlError
 from celeryctl.rabbitmq import DEFAULT_PERMISSION, DEFAULT_USER, DEFAULT_VHOST
-from celeryctl.settings import mask_url
+from celeryctl.render import setup_broker as view
 
 if TYPE_CHECKING:
-    from celeryctl.rabbitmq import provision
-
-_ACTION_STYLE = {"create": "green", "update": "yellow", "delete": "red", "unchanged": "dim"}
-_STATUS_STYLE = {
-    "applied": "green",
-    "failed": "bold red",
-    "not applied": "red",
-    "unknown": "yellow",
-    "planned": "cyan",
-    "unchanged": "dim",
-}
-
-
-def _table(items: list[dict[str, Any]], title: str) -> Any:
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left", show_lines=False)
-    for col in ("item", "action", "current", "desired", "result"):
-        table.add_column(col)
-    for it in items:
-        action, status = str(it["action"]), str(it["status"])
-        table.add_row(
-            it["item"],
-            f"[{_ACTION_STYLE.get(action, '')}]{action}[/]",
-            escape(it["current"] if it["current"] is not None else "(absent)"),
-            escape(it["desired"] if it["desired"] is not None else "(absent)"),
-            f"[{_STATUS_STYLE.get(status, '')}]{status}[/]",
-        )
-    return table
-
-
-def _render(result: provision.SetupResult, show_password: bool) -> None:
-    from rich.markup import escape
-
-    doc = result.to_dict(show_password=show_password)
-    if result.plan.dry_run:
-        title = f"plan for {result.target} (dry run: nothing changed)"
-    else:
-        title = f"{result.target}: " + ("changed" if result.changed else "nothing to change, all unchanged")
-    render.out.print(_table(doc["items"], title))
-    if result.delete:
-        return
-    if result.verification is not None:
-        style = {True: "green", False: "red", None: "yellow"}[result.verification.ok]
-        render.out.print(f"verification: [{style}]{escape(result.verification.text)}[/]")
-    if result.url:
-        shown = result.url if show_password else mask_url(result.url)
-        render.out.print(f"broker URL: {escape(shown)}")
-    if result.saved_to:
-        render.out.print(
-            f"saved to {escape(str(result.saved_to))} (mode 0600)"
-            + ("" if result.settings_changed else ", already there")
-        )
-    if result.plan.password_generated and not result.plan.dry_run and not result.saved_to and not show_password:
-        render.warn(
-            "the generated password was neither saved nor shown; run again with --rotate-password --show-password"
-        )
+    from celeryctl.rabbitmq.plan import Plan
+    from celeryctl.settings import Settings
 
 
 def setup_broker(
@@ -172,6 +116,7 @@ def setup_broker(
     '.*' '.*' '.*' on that vhost only.
     """
     from celeryctl.rabbitmq import provision
+    from celeryctl.rabbitmq.plan import Request
 
     settings = resolve(config, node=node, data_dir=data_dir)
     quiet = json_
@@ -185,7 +130,7 @@ def setup_broker(
     )
     # No --tags: leave an existing user's tags alone; --tags "" alone: no tags.
     wanted_tags = [t for t in tags if t] if tags else None
-    request = provision.Request(
+    request = Request(
         user=user,
         vhost=vhost,
         tags=wanted_tags,
@@ -203,7 +148,8 @@ def setup_broker(
                 request, settings, node=node, host=host, port=port, dry_run=dry_run, save_to=save_to, on_progress=update
             )
     except CeleryctlError as exc:
-        _show_partial(exc, json_)
+        if not json_:
+            view.show_partial(exc)
         raise
     for message in result.warnings:
         if not quiet:
@@ -211,7 +157,7 @@ def setup_broker(
     if json_:
         render.emit_json(render.ok_doc(**result.to_dict(show_password=show_password)))
     else:
-        _render(result, show_password)
+        view.show_result(result, show_password)
 
 
 def _read_stdin() -> str:
@@ -222,23 +168,17 @@ def _read_stdin() -> str:
     return sys.stdin.read()
 
 
-def _show_partial(exc: CeleryctlError, json_: bool) -> None:
-    """On a failure midway, show which items were applied (on stderr; --json has them in details)."""
-    items = exc.details.get("items") if isinstance(exc.details, dict) else None
-    if json_ or not isinstance(items, list):
-        return
-    render.err.print(_table(items, "what was applied before the failure"))
-
-
-def _delete(user: str, vhost: str, settings: Any, node: str | None, *, dry_run: bool, yes: bool, json_: bool) -> None:
+def _delete(
+    user: str, vhost: str, settings: Settings, node: str | None, *, dry_run: bool, yes: bool, json_: bool
+) -> None:
     from celeryctl.rabbitmq import provision
 
-    def confirm(plan: provision.Plan) -> bool:
+    def confirm(plan: Plan) -> bool:
         if yes:
             return True
         if json_ or not sys.stdin.isatty():
             return False
-        render.err.print(_table([i.to_dict() for i in plan.items], "to delete"))
+        view.show_to_delete(plan)
         return typer.confirm(f"Delete user '{user}' and vhost '{vhost}' with all its queues and messages?", err=True)
 
     try:
@@ -248,7 +188,8 @@ def _delete(user: str, vhost: str, settings: Any, node: str | None, *, dry_run: 
                 user, vhost, settings, confirm=confirm, node=node, dry_run=dry_run, on_progress=update
             )
     except CeleryctlError as exc:
-        _show_partial(exc, json_)
+        if not json_:
+            view.show_partial(exc)
         raise
     if not json_:
         for message in result.warnings:
@@ -256,4 +197,4 @@ def _delete(user: str, vhost: str, settings: Any, node: str | None, *, dry_run: 
     if json_:
         render.emit_json(render.ok_doc(**result.to_dict()))
     else:
-        _render(result, False)
+        view.show_result(result, False)

@@ -1,8 +1,11 @@
-"""The one place that runs RabbitMQ's own programs (rabbitmqctl, rabbitmq-diagnostics, ...).
+"""The one place that runs external programs: RabbitMQ's own (rabbitmqctl, rabbitmq-server, ...) and apt-get.
 
-The runner resolves the program first, always captures both streams, passes secrets on stdin,
-and turns failures into :class:`~celeryctl.errors.CeleryctlError` subclasses that carry the
-command, its return code and its stderr with every secret redacted.
+:func:`run_program` resolves the program first, always captures both streams (or sends both to a
+log file), passes secrets on stdin, redacts them from what it captured, and turns the ways a
+program can fail to run into :class:`~celeryctl.errors.CeleryctlError` subclasses: not found
+(exit 4), not allowed (exit 5), too slow (exit 8).  :class:`Runner` aims it at one node and
+turns a failed rabbitmqctl call into the error a user can act on (:func:`classify_failure`),
+carrying the command, its return code and its stderr with every secret redacted.
 """
 
 from __future__ import annotations
@@ -112,6 +115,87 @@ class CtlResult:
             return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def resolve_program(name: str, env: Mapping[str, str] | None = None, hint: str = INSTALL_HINT) -> str:
+    """The path of a program: ``name`` itself when it has a directory part, else found on PATH."""
+    env = os.environ if env is None else env
+    if os.sep in name:
+        if not Path(name).exists():
+            raise NotInstalledError(f"{name} not found", hint)
+        return name
+    found = shutil.which(name, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise NotInstalledError(f"{name} not found on PATH", hint)
+    return found
+
+
+def _seconds(timeout: float) -> str:
+    return f"{timeout:.0f}" if timeout >= 1 else f"{timeout:.1f}"
+
+
+def run_program(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    stdin: str | None = None,
+    secrets: Sequence[str] = (),
+    output: Path | None = None,
+    label: str | None = None,
+    timeout_hint: str | None = None,
+    install_hint: str = INSTALL_HINT,
+) -> CtlResult:
+    """Run one external program to its end and return what it did; never raises for a non-zero status.
+
+    ``env`` is merged over ``os.environ``.  ``stdin`` None: the program reads /dev/null.  Both
+    streams are captured, or with ``output`` written together to that file (for a program that
+    leaves a daemon behind holding them, like ``rabbitmq-server -detached``) and read back.
+    Every one of ``secrets`` is replaced by ``****`` in what is returned.  Not found: exit 4;
+    not executable: exit 5; still running after ``timeout`` seconds (it is killed): exit 8,
+    the message naming ``label`` (default: the program and its first argument).
+    """
+    full_env = {**os.environ, **(env or {})}
+    argv = [resolve_program(argv[0], full_env, install_hint), *argv[1:]]
+    label = label or " ".join([Path(argv[0]).name, *argv[1:2]])
+    started = time.monotonic()
+    try:
+        if output is None:
+            proc = _run(argv, full_env, stdin, timeout, subprocess.PIPE, subprocess.PIPE)
+            out, err = proc.stdout, proc.stderr
+        else:
+            with open(output, "w", encoding="utf-8") as log:
+                proc = _run(argv, full_env, stdin, timeout, log, subprocess.STDOUT)
+            out, err = output.read_text(encoding="utf-8", errors="replace"), ""
+    except subprocess.TimeoutExpired:
+        raise TimeoutError_(f"{label} did not answer within {_seconds(timeout)} s", timeout_hint) from None
+    except PermissionError:
+        raise PermissionDeniedError(f"not allowed to run {argv[0]}", "check the file permissions") from None
+    except FileNotFoundError:  # removed since resolve_program, or its #! interpreter is missing
+        raise NotInstalledError(f"{argv[0]} not found (or the interpreter it names)", install_hint) from None
+    except OSError as exc:  # e.g. ENOEXEC: not a program this system can run
+        raise CommandError(
+            f"cannot run {argv[0]}: {exc.strerror or exc}", "check the file: is it a program for this system?"
+        ) from None
+    secrets = [s for s in secrets if s]
+    return CtlResult(
+        argv=argv,
+        returncode=proc.returncode,
+        stdout=redact(out or "", secrets),
+        stderr=redact(err or "", secrets),
+        seconds=time.monotonic() - started,
+    )
+
+
+def _run(
+    argv: list[str], env: dict[str, str], stdin: str | None, timeout: float, stdout: Any, stderr: Any
+) -> subprocess.CompletedProcess[str]:
+    # The only subprocess call of celeryctl's short-lived programs (the demo's worker is a Popen in worker.py).
+    if stdin is None:
+        return subprocess.run(
+            argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, text=True, env=env, timeout=timeout
+        )
+    return subprocess.run(argv, input=stdin, stdout=stdout, stderr=stderr, text=True, env=env, timeout=timeout)
+
+
 @dataclass
 class Runner:
     """Runs a RabbitMQ CLI tool against one node.
@@ -153,32 +237,16 @@ class Runner:
         if tool in NODE_TOOLS and args and args[0] not in ("help", "version"):
             self._require_epmd()
         self.calls.append(list(argv))
-        started = time.monotonic()
-        try:
-            proc = subprocess.run(
-                argv,
-                input=stdin if stdin is not None else "",
-                capture_output=True,
-                text=True,
-                env={**os.environ, **self.env},
-                timeout=timeout or self.timeout,
-            )
-        except subprocess.TimeoutExpired:
-            raise TimeoutError_(
-                f"{Path(argv[0]).name} {' '.join(args[:1])} did not answer within {timeout or self.timeout:.0f} s",
-                "is the node overloaded or stuck? check its log",
-            ) from None
-        except PermissionError:
-            raise PermissionDeniedError(f"not allowed to run {argv[0]}", "check the file permissions") from None
-        secrets = [s for s in secrets if s]
-        result = CtlResult(
-            argv=argv,
-            returncode=proc.returncode,
-            stdout=redact(proc.stdout, secrets),
-            stderr=redact(proc.stderr, secrets),
-            seconds=time.monotonic() - started,
+        result = run_program(
+            argv,
+            env=self.env,
+            stdin=stdin if stdin is not None else "",
+            secrets=secrets,
+            timeout=timeout or self.timeout,
+            label=f"{Path(argv[0]).name} {' '.join(args[:1])}",
+            timeout_hint="is the node overloaded or stuck? check its log",
         )
-        if check and proc.returncode != 0:
+        if check and result.returncode != 0:
             raise classify_failure(result, self.node)
         return result
 

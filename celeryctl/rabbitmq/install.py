@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from celeryctl.errors import CommandError, NotInstalledError, PermissionDeniedError
-from celeryctl.rabbitmq.ctl import find_bin_dir, installed_version
+from celeryctl.rabbitmq.ctl import find_bin_dir, installed_version, run_program
 
 APT_COMMAND = "apt-get update && apt-get install -y rabbitmq-server"
+INSTALL_HINT = "install it as https://www.rabbitmq.com/download.html describes for your system"
 
 
 @dataclass
@@ -39,23 +39,25 @@ def install(on_progress: Callable[[str], None] | None = None, timeout: float = 9
     if found is not None:
         return found
     if shutil.which("apt-get") is None:
-        raise NotInstalledError(
-            "RabbitMQ is not installed and this system has no apt-get",
-            "install it as https://www.rabbitmq.com/download.html describes for your system",
-        )
+        raise NotInstalledError("RabbitMQ is not installed and this system has no apt-get", INSTALL_HINT)
     if os.geteuid() != 0:
         raise PermissionDeniedError(
             "installing RabbitMQ needs root",
             f"run: sudo sh -c '{APT_COMMAND}'",
             details={"command": f"sudo sh -c '{APT_COMMAND}'"},
         )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for step, argv in (
         ("updating the package lists (apt-get update)", ["apt-get", "update", "-q"]),
         ("installing rabbitmq-server (apt-get install)", ["apt-get", "install", "-y", "-q", "rabbitmq-server"]),
     ):
         say(step)
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = run_program(
+            argv,
+            env={"DEBIAN_FRONTEND": "noninteractive"},
+            timeout=timeout,
+            timeout_hint="check the network and the package sources, then run: celeryctl broker install",
+            install_hint=INSTALL_HINT,
+        )
         if proc.returncode != 0:
             last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or [f"status {proc.returncode}"]
             raise CommandError(

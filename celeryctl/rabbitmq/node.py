@@ -20,20 +20,20 @@ import os
 import secrets
 import signal
 import string
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from celeryctl.broker import DEFAULT_PORT, build_amqp_url
-from celeryctl.errors import NodeError, UnreachableError
+from celeryctl.broker import DEFAULT_PORT, MANAGEMENT_PORT, build_amqp_url
+from celeryctl.errors import CeleryctlError, NodeError, NotInstalledError, TimeoutError_, UnreachableError
 from celeryctl.probe import amqp_handshake, port_is_free
-from celeryctl.rabbitmq.ctl import BIN_DIR_ENV, Runner, installed_version, require_bin_dir
+from celeryctl.rabbitmq.ctl import BIN_DIR_ENV, Runner, installed_version, require_bin_dir, run_program
 
 MAX_PORT = 32767
 HOST = "127.0.0.1"
+DETACH_TIMEOUT = 60.0  # seconds for ``rabbitmq-server -detached`` to hand the node over and exit
 
 
 @dataclass
@@ -210,10 +210,9 @@ class Node:
             running = pid_alive(info.pid)  # booting or stopping: the process is there
         else:
             running = info is not None
-        version = None
         try:
             version = installed_version(self.bin_dir)
-        except Exception:  # noqa: BLE001 - status must work without an installation
+        except NotInstalledError:  # status must work without an installation
             version = None
         return NodeStatus(running, str(self.dir), info or self.read_state(), version)
 
@@ -282,7 +281,7 @@ class Node:
         epmd_port = epmd_port or pick_free_port([dist_port + 100, dist_port + 101], used)
         used.add(epmd_port)
         if management:
-            management_port = management_port or pick_free_port([15672, port + 10000], used)
+            management_port = management_port or pick_free_port([MANAGEMENT_PORT, port + 10000], used)
         info = NodeInfo(
             name=f"celeryctl-{port}@localhost",
             port=port,
@@ -296,18 +295,20 @@ class Node:
         self._prepare(info, management)
         self.pid_file.unlink(missing_ok=True)
         self._write_state(info)
-        env = {**os.environ, **self.env(info)}
         say(f"starting RabbitMQ node {info.name} on {HOST}:{port}")
         boot_log = self.log_dir / "boot.log"
-        with open(boot_log, "wb") as out:
-            proc = subprocess.run(
+        try:
+            # The node's daemons inherit the launcher's streams: they go to a file, not to pipes.
+            proc = run_program(
                 [str(bin_dir / "rabbitmq-server"), "-detached"],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                timeout=60,
+                env=self.env(info),
+                timeout=DETACH_TIMEOUT,
+                output=boot_log,
+                timeout_hint=f"see the log: {boot_log}",
             )
+        except TimeoutError_:
+            self._kill_leftovers(info)
+            raise
         if proc.returncode != 0:
             raise self._start_failed(info, f"rabbitmq-server exited with status {proc.returncode}")
         deadline = time.monotonic() + timeout
@@ -371,7 +372,7 @@ class Node:
             say(f"stopping RabbitMQ node {info.name} (pid {pid})")
             try:
                 self.runner(info, timeout=timeout).run("stop", str(self.pid_file), check=False)
-            except Exception:  # noqa: BLE001 - fall back to signals below
+            except CeleryctlError:  # not installed, epmd gone, refused, timed out: the signals below stop it
                 pass
             self._wait_gone(pid, 10.0)
         self._kill_leftovers(info)

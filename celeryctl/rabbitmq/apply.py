@@ -1,0 +1,189 @@
+"""Applying a plan through rabbitmqctl, reading the node back after a failure, verifying by AMQP login.
+
+Every change of a node read through ``export_definitions`` is written in ONE ``rabbitmqctl
+import_definitions`` call (each call boots an Erlang VM, ~0.45 CPU-seconds).  The node applies
+the document before the call returns (the CLI's "asynchronous" message notwithstanding:
+``rabbit_definitions:import_parsed`` waits for users, then vhosts, then permissions), touches
+nothing the document does not name, and does not roll back: a failure midway leaves the earlier
+categories applied, so on a failure the node is read again and every item reports whether it was
+applied.  Per-command writes (nodes read through ``list_*``) run in two waves, the independent
+ones of a wave at the same time, the password on stdin.  Deletions use ``delete_user`` /
+``delete_vhost``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from celeryctl.errors import CeleryctlError, InternalError
+from celeryctl.rabbitmq.definitions import State, password_matches, read_state
+from celeryctl.rabbitmq.plan import UNCHANGED, Item, Plan, Request, Step, expected_access
+
+if TYPE_CHECKING:
+    from celeryctl.rabbitmq.ctl import Runner
+
+Progress = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------- apply
+
+
+def _run_step(runner: Runner, step: Step, password: str | None) -> None:
+    if step.stdin_doc is not None:
+        # Hashes are redacted too, should an error message echo the document.
+        hashes = [u.get("password_hash", "") for u in step.stdin_doc.get("users", [])]
+        runner.run(*step.args, stdin=json.dumps(step.stdin_doc), secrets=[password or "", *hashes])
+    elif step.stdin_password:
+        if not password:
+            raise InternalError(f"internal: {step.name} without a password")
+        runner.run(*step.args, stdin=password + "\n", secrets=[password])
+    else:
+        runner.run(*step.args)
+
+
+def _reached(item: Item, plan: Plan, state: State) -> bool:
+    """Whether the node (as read again) has what ``item`` asked for."""
+    user = state.users.get(plan.user)
+    if item.item == "vhost":
+        return plan.vhost in state.vhosts
+    if item.item == "permissions":
+        return state.permissions.get((plan.user, plan.vhost)) == plan.permissions
+    if user is None:
+        return False
+    if item.item == "password":
+        return (
+            plan.password is None or password_matches(user.password_hash, user.hashing_algorithm, plan.password) is True
+        )
+    if item.item == "tags":
+        return user.tags == sorted(plan.tags or [])
+    return True  # "user": it exists
+
+
+def _read_back(runner: Runner, plan: Plan) -> None:
+    """After a failed import: which items the node has now (RabbitMQ does not roll an import back)."""
+    try:
+        state = read_state(runner)
+    except CeleryctlError:
+        state = None
+    for item in plan.items:
+        if item.action == UNCHANGED:
+            continue
+        if state is None:
+            item.outcome = "unknown"
+        else:
+            item.outcome = "applied" if _reached(item, plan, state) else "not applied"
+
+
+def apply_plan(runner: Runner, plan: Plan, on_progress: Progress | None = None) -> None:
+    """Run the plan's steps: one import, or per-command writes, independent ones at the same time.
+
+    On a failure the error is re-raised with ``details`` listing the steps applied, failed and
+    not applied, and the plan's items with their status.  A failed import is followed by one read
+    of the node, so each item says whether it was applied (or "unknown" when the node cannot be read).
+    """
+    say = on_progress or (lambda _m: None)
+    steps = plan.steps
+    workers = max(1, min(len(steps), os.cpu_count() or 2))
+    first_error: CeleryctlError | None = None
+    for wave in (1, 2):
+        batch = [s for s in steps if s.wave == wave]
+        if not batch:
+            continue
+        if first_error is not None:
+            for s in batch:
+                s.status = "not applied"
+            continue
+        say("applying: " + ", ".join(s.name for s in batch))
+        with ThreadPoolExecutor(max_workers=min(workers, len(batch))) as pool:
+            futures = [(s, pool.submit(_run_step, runner, s, plan.password)) for s in batch]
+            for s, fut in futures:
+                try:
+                    fut.result()
+                    s.status = "applied"
+                except CeleryctlError as exc:
+                    s.status, s.error = "failed", exc.message
+                    first_error = first_error or exc
+    if first_error is not None:
+        _explain_failure(first_error, runner, plan, say)
+        raise first_error
+
+
+def _explain_failure(error: CeleryctlError, runner: Runner, plan: Plan, say: Progress) -> None:
+    """Say in ``error`` what was applied before it (reading the node again after an import)."""
+    imported = any(s.stdin_doc is not None for s in plan.steps)
+    if imported:
+        say("the import failed: reading the node again to see what was applied")
+        _read_back(runner, plan)
+    summary = plan.summary()
+    error.details.update(
+        {
+            "applied": summary["applied"],
+            "failed": summary["failed"],
+            "not_applied": summary["not applied"],
+            "items": [i.to_dict() for i in plan.items],
+        }
+    )
+    if imported:
+        changed = [i for i in plan.items if i.action != UNCHANGED]
+        if any(i.status == "unknown" for i in changed):
+            error.message += " (the node could not be read afterwards: which changes were applied is unknown)"
+        else:
+            applied = ", ".join(i.item for i in changed if i.status == "applied") or "nothing"
+            missing = ", ".join(i.item for i in changed if i.status != "applied") or "nothing"
+            error.message += f" (applied: {applied}; not applied: {missing})"
+    else:
+        applied = ", ".join(summary["applied"]) or "nothing"
+        not_applied = ", ".join(summary["failed"] + summary["not applied"])
+        error.message = f"{error.message} (applied: {applied}; not applied: {not_applied})"
+    error.hint = (
+        error.hint + "; " if error.hint else ""
+    ) + "then run the same command again: it applies only what is missing"
+
+
+# --------------------------------------------------------------------------- verify
+
+
+@dataclass
+class Verification:
+    ok: bool | None  # None: skipped
+    reason: str | None = None
+    expected: dict[str, bool] = field(default_factory=dict)
+    report: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "reason": self.reason, "expected": self.expected, "access": self.report}
+
+    @property
+    def text(self) -> str:
+        if self.ok is None:
+            return f"skipped: {self.reason}"
+        return ("ok: " if self.ok else "FAILED: ") + (self.reason or "")
+
+
+def verify(url: str, request: Request, timeout: float = 5.0) -> Verification:
+    """Log in as the user on the vhost and try what the permissions allow."""
+    from celeryctl.probe import check_access
+
+    expected = expected_access(request)
+    report = check_access(url, timeout=timeout, check_permissions=any(expected.values()))
+    doc = report.to_dict()
+    if report.server is None:  # never logged in
+        return Verification(False, report.error or "login failed", expected, doc)
+    refused = [p for p, want in expected.items() if want and getattr(report, p) is False]
+    if refused:
+        return Verification(False, f"{' and '.join(refused)} refused although granted", expected, doc)
+    if report.kind not in (None, "permissions"):
+        return Verification(False, report.error or "the check failed", expected, doc)
+    tried = [p for p, want in expected.items() if want]
+    if expected["configure"] and expected["write"] and expected["read"]:
+        what = "logged in, declared, published and consumed a temporary queue"
+    elif tried:
+        what = f"logged in; {', '.join(tried)} allowed as granted"
+    else:
+        what = "logged in (no permission to try)"
+    return Verification(True, what, expected, doc)
