@@ -57,13 +57,13 @@ import sys, uuid
 import pika
 from kombu.serialization import dumps
 from celeryctl.demo import app
-from celeryctl.probe import connection_parameters
+from celeryctl.broker import BrokerUrl
 url, n = sys.argv[1], int(sys.argv[2])
 app.conf.broker_url = url
 tid = str(uuid.uuid4())
 headers, props, body, _ = app.amqp.create_task_message(tid, "celeryctl.demo.add", (1, 2), {}, reply_to="bench")
 ctype, enc, payload = dumps(body, serializer="json")
-conn = pika.BlockingConnection(connection_parameters(url, 10))
+conn = pika.BlockingConnection(BrokerUrl.parse(url).pika_parameters(10))
 ch = conn.channel()
 ch.queue_declare("celery", durable=True)
 for i in range(n):
@@ -90,9 +90,9 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, subprocess.Compl
 def queue_depth(url: str) -> int:
     import pika
 
-    from celeryctl.probe import connection_parameters
+    from celeryctl.broker import BrokerUrl
 
-    conn = pika.BlockingConnection(connection_parameters(url, 5))
+    conn = pika.BlockingConnection(BrokerUrl.parse(url).pika_parameters(5))
     try:
         return int(conn.channel().queue_declare("celery", durable=True, passive=True).method.message_count)
     finally:
@@ -102,9 +102,9 @@ def queue_depth(url: str) -> int:
 def purge(url: str) -> None:
     import pika
 
-    from celeryctl.probe import connection_parameters
+    from celeryctl.broker import BrokerUrl
 
-    conn = pika.BlockingConnection(connection_parameters(url, 5))
+    conn = pika.BlockingConnection(BrokerUrl.parse(url).pika_parameters(5))
     try:
         conn.channel().queue_purge("celery")
     finally:

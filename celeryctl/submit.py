@@ -1,49 +1,37 @@
-"""Enqueue tasks with publisher confirms, and wait for their results.
+"""Enqueue one task with publisher confirms, and wait for its result.
 
 "Submitted" means the broker confirmed the message (publisher confirms), never merely that it
 was written to a socket.  Waiting reports every state change through a callback of
 :class:`Event` objects (plus a periodic tick), so that a display can be drawn without this module
-knowing anything about it.
-
-``send_many`` publishes N copies of a task on one channel in confirm mode without waiting for
-each confirm: confirms are collected asynchronously in batches, which is what makes ``--count``
-fast.  The messages are the ordinary Celery protocol-2 messages that ``apply_async`` sends
-(built by ``app.amqp.create_task_message``), so any Celery worker runs them.
+knowing anything about it.  Many copies of a task (``--count``) are :mod:`celeryctl.bulk`.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from celeryctl.broker import START_HINT, ensure_reachable
+from celeryctl.broker import START_HINT, ensure_reachable, mask_url, queue_depths
 from celeryctl.errors import (
     AccessRefusedError,
     CeleryctlError,
-    ExitCode,
+    TaskFailedError,
     TimeoutError_,
     UnreachableError,
     UsageError,
 )
-from celeryctl.settings import Settings, mask_url
 
 if TYPE_CHECKING:
     from celery import Celery
 
+    from celeryctl.settings import Settings
+
 READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 CONNECT_TIMEOUT = 2.0
-
-
-class TaskFailedError(CeleryctlError):
-    """The task ran and failed (exit 1)."""
-
-    exit_code = ExitCode.FAILED
-    code = "task_failed"
 
 
 # --------------------------------------------------------------------------- arguments
@@ -118,7 +106,11 @@ def prepare_client(app: Celery) -> None:
 def check_broker(app: Celery) -> None:
     """Fast network check (raw AMQP handshake) so that a broker that is down fails in milliseconds."""
     ensure_reachable(
-        str(app.conf.broker_url), timeout=CONNECT_TIMEOUT, login=False, suffix="; nothing was submitted", hint=START_HINT
+        str(app.conf.broker_url),
+        timeout=CONNECT_TIMEOUT,
+        login=False,
+        suffix="; nothing was submitted",
+        hint=START_HINT,
     )
 
 
@@ -155,7 +147,7 @@ def check_waitable(app: Celery, name: str) -> None:
         )
 
 
-def _publish_error(app: Celery, exc: BaseException) -> CeleryctlError:
+def publish_error(app: Celery, exc: BaseException) -> CeleryctlError:
     """Turn a kombu/py-amqp error raised while publishing into a clear celeryctl error."""
     url = mask_url(str(app.conf.broker_url))
     name = type(exc).__name__
@@ -171,7 +163,8 @@ def _publish_error(app: Celery, exc: BaseException) -> CeleryctlError:
     )
 
 
-def _library_errors() -> tuple[type[BaseException], ...]:
+def library_errors() -> tuple[type[BaseException], ...]:
+    """What a broken or refused broker connection raises through kombu and py-amqp."""
     import amqp.exceptions
     import kombu.exceptions
 
@@ -201,8 +194,8 @@ def send(
         options["priority"] = priority
     try:
         return app.tasks[name].apply_async(args=args, kwargs=kwargs, **options)
-    except _library_errors() as exc:
-        raise _publish_error(app, exc) from exc
+    except library_errors() as exc:
+        raise publish_error(app, exc) from exc
 
 
 def consumers(app: Celery, name: str, queue: str | None = None) -> tuple[str, int | None]:
@@ -212,22 +205,18 @@ def consumers(app: Celery, name: str, queue: str | None = None) -> tuple[str, in
     """
     try:
         qname = queue or app.amqp.router.route({}, name)["queue"].name
-    except Exception:  # noqa: BLE001 - routing is the app's; no warning rather than an error
+    # The app's own routing (task_routes, custom routers) may raise anything: no warning rather than an error.
+    except Exception:  # noqa: BLE001
         return queue or "", None
+    # Not allowed to look (exit 7 from queue_depths), or the broker went away: cannot be told.
+    cannot_tell: tuple[type[BaseException], ...] = (AccessRefusedError, *library_errors())
     try:
         with app.connection_for_write() as conn:
-            channel = conn.channel()
-            try:
-                _name, _messages, count = channel.queue_declare(queue=qname, passive=True)
-            finally:
-                try:
-                    channel.close()
-                except Exception:  # noqa: BLE001 - a 404 already closed it
-                    pass
-            return qname, int(count)
-    except Exception as exc:  # noqa: BLE001
-        # 404: the queue does not exist, so nobody consumes it
-        return qname, 0 if getattr(exc, "code", None) == 404 or "NOT_FOUND" in str(exc) else None
+            (depth,) = queue_depths(conn, [qname])
+    except cannot_tell:
+        return qname, None
+    # A queue that does not exist has no consumer.
+    return qname, depth.consumers if depth.exists else 0
 
 
 # --------------------------------------------------------------------------- waiting
@@ -356,7 +345,7 @@ def wait(
             f"wait longer with --timeout, or check later with the id {task_id}",
             details={"task_id": task_id, "state": last["state"]},
         ) from None
-    except _library_errors() as exc:
+    except library_errors() as exc:
         raise UnreachableError(
             f"lost the broker while waiting for task {task_id}: {type(exc).__name__}: {exc}",
             "the task may still run; check the broker: celeryctl broker status",
@@ -398,333 +387,3 @@ def _poll(
             raise CeleryTimeout("timed out")
         on_interval()
         time.sleep(tick)
-
-
-# --------------------------------------------------------------------------- many
-
-
-@dataclass
-class Batch:
-    ids: list[str]
-    name: str
-    publish_seconds: float
-    succeeded: int = 0
-    failed: int = 0
-    seconds: float = 0.0  # publish + wait, when waited
-
-    @property
-    def submitted(self) -> int:
-        return len(self.ids)
-
-    def to_dict(self, *, waited: bool, with_ids: bool = False) -> dict[str, Any]:
-        seconds = self.seconds if waited else self.publish_seconds
-        done = (self.succeeded + self.failed) if waited else self.submitted
-        doc: dict[str, Any] = {
-            "task": self.name,
-            "submitted": self.submitted,
-            "succeeded": self.succeeded if waited else None,
-            "failed": self.failed if waited else None,
-            "seconds": round(seconds, 3),
-            "rate": round(done / seconds, 1) if seconds > 0 else None,
-            "publish_seconds": round(self.publish_seconds, 3),
-            "publish_rate": round(self.submitted / self.publish_seconds, 1) if self.publish_seconds > 0 else None,
-        }
-        if with_ids:
-            doc["ids"] = self.ids
-        return doc
-
-
-class _Confirms:
-    """Publisher-confirm bookkeeping: delivery tags published and not yet settled by the broker."""
-
-    def __init__(self) -> None:
-        self.pending: deque[int] = deque()  # tags in publish order
-        self.settled: set[int] = set()  # tags settled out of order, still in ``pending``
-        self.nacked = 0
-
-    def _settle(self, tag: int, multiple: bool) -> int:
-        n = 0
-        if multiple:
-            while self.pending and self.pending[0] <= tag:
-                t = self.pending.popleft()
-                if t in self.settled:
-                    self.settled.discard(t)
-                else:
-                    n += 1
-        elif tag not in self.settled:
-            self.settled.add(tag)
-            n = 1
-        while self.pending and self.pending[0] in self.settled:
-            self.settled.remove(self.pending.popleft())
-        return n
-
-    def on_ack(self, tag: int, multiple: bool = False) -> None:
-        self._settle(tag, multiple)
-
-    def on_nack(self, tag: int, multiple: bool = False) -> None:
-        self.nacked += self._settle(tag, multiple)
-
-    @property
-    def unconfirmed(self) -> int:
-        return len(self.pending) - len(self.settled)
-
-
-def send_many(
-    app: Celery,
-    name: str,
-    args: list[Any],
-    kwargs: dict[str, Any],
-    count: int,
-    *,
-    countdown: float | None = None,
-    eta: datetime | None = None,
-    queue: str | None = None,
-    priority: int | None = None,
-    on_published: Callable[[int], None] | None = None,
-    window: int = 2000,
-    confirm_timeout: float = 30.0,
-) -> Batch:
-    """Publish ``count`` copies of a task; return once the broker confirmed every one of them.
-
-    Messages go out without waiting for each confirm; at most ``window`` may be unconfirmed at
-    a time, and the broker's acks are read between publishes.
-    """
-    from celery.utils import uuid
-    from kombu import Producer
-    from kombu.common import maybe_declare
-    from kombu.serialization import dumps
-
-    report = on_published or (lambda _n: None)
-    started = time.monotonic()
-    task = app.tasks[name]
-    route: dict[str, Any] = {}
-    if queue:
-        route["queue"] = queue
-    if priority is not None:
-        route["priority"] = priority
-    options = app.amqp.router.route(dict(task._get_exec_options(), **route), name, args, kwargs, task)
-    q = options.pop("queue")
-    exchange = options.pop("exchange", None)
-    routing_key = options.pop("routing_key", None)
-    exchange_type = options.pop("exchange_type", None) or getattr(q.exchange, "type", "direct")
-    if (not exchange or not routing_key) and exchange_type == "direct":
-        exchange, routing_key = "", q.name
-    elif exchange is None:
-        exchange = q.exchange.name
-        routing_key = routing_key or q.routing_key or app.conf.task_default_routing_key
-    exchange_name = getattr(exchange, "name", exchange) or ""
-    prio = options.get("priority")
-    delivery_mode = getattr(q.exchange, "delivery_mode", None) or app.conf.task_default_delivery_mode
-    delivery_mode = {"persistent": 2, "transient": 1}.get(delivery_mode, delivery_mode)
-
-    first_id = uuid()
-    template = app.amqp.create_task_message(
-        first_id,
-        name,
-        args,
-        kwargs,
-        countdown,
-        eta,
-        reply_to=app.thread_oid,
-        create_sent_event=False,
-        ignore_result=bool(task.ignore_result),
-    )
-    headers0, properties0, body, _sent = template
-    content_type, content_encoding, payload = dumps(body, serializer=app.conf.task_serializer)
-    reply_to = properties0.get("reply_to") or ""
-
-    confirms = _Confirms()
-    ids: list[str] = []
-    conn = None
-    try:
-        conn = app.connection_for_write()
-        conn.ensure_connection(max_retries=1, timeout=CONNECT_TIMEOUT)
-        channel = conn.default_channel
-        maybe_declare(q(channel), channel)
-        producer = Producer(channel, auto_declare=False)
-        if not task.ignore_result:
-            app.backend.on_task_call(producer, first_id)
-        channel.confirm_select()
-        channel.events["basic_ack"].add(confirms.on_ack)
-        channel.events["basic_nack"].add(confirms.on_nack)
-        publish = channel._basic_publish  # the raw publish: confirms are collected below
-        transport_conn = conn.connection
-        tag = 0
-
-        def drain(block_until: int) -> None:
-            """Read confirms; block while more than ``block_until`` are unconfirmed."""
-            deadline = time.monotonic() + confirm_timeout
-            while True:
-                try:
-                    transport_conn.drain_events(timeout=0 if confirms.unconfirmed <= block_until else 1.0)
-                except TimeoutError:
-                    if confirms.unconfirmed <= block_until:
-                        return
-                if time.monotonic() > deadline:
-                    raise TimeoutError_(
-                        f"the broker did not confirm {confirms.unconfirmed} of {len(ids)} messages "
-                        f"within {confirm_timeout:g} s",
-                        "the broker may be overloaded or blocked (memory or disk alarm)",
-                    )
-
-        for i in range(count):
-            task_id = first_id if i == 0 else uuid()
-            headers = dict(headers0)
-            headers["id"] = task_id
-            headers["root_id"] = task_id
-            msg = channel.prepare_message(
-                payload,
-                prio,
-                content_type,
-                content_encoding,
-                headers,
-                {"delivery_mode": delivery_mode, "correlation_id": task_id, "reply_to": reply_to},
-            )
-            publish(msg, exchange=exchange_name, routing_key=routing_key)
-            tag += 1
-            confirms.pending.append(tag)
-            ids.append(task_id)
-            if tag % 256 == 0:
-                drain(window)
-                report(tag - confirms.unconfirmed)
-        drain(0)
-        report(count)
-    except CeleryctlError:
-        raise
-    except _library_errors() as exc:
-        raise _publish_error(app, exc) from exc
-    finally:
-        try:
-            if conn is not None:
-                conn.release()
-        except Exception:  # noqa: BLE001 - closing after a failure
-            pass
-    if confirms.nacked:
-        raise UnreachableError(
-            f"the broker refused {confirms.nacked} of {count} messages (negative confirms)",
-            "the broker may be out of resources; check its log",
-        )
-    return Batch(ids, name, time.monotonic() - started)
-
-
-def _rpc_consumer(app: Celery) -> Any:
-    """The rpc:// backend's reply-queue consumer, when it already listens (``send_many`` started it)."""
-    from celery.backends.rpc import RPCBackend
-
-    backend = app.backend
-    if not isinstance(backend, RPCBackend):
-        return None
-    consumer = getattr(backend.result_consumer, "_consumer", None)
-    return consumer if consumer is not None and hasattr(consumer, "callbacks") else None
-
-
-def _drain_rpc(
-    app: Celery,
-    consumer: Any,
-    finished: dict[str, str],
-    wanted: set[str],
-    timeout: float | None,
-    on_message: Callable[[dict[str, Any]], None],
-    on_interval: Callable[[], None],
-) -> None:
-    """Read the rpc:// reply queue in bulk until every task of the batch reported a final state.
-
-    ``ResultSet.join_native`` hands each reply through per-result bookkeeping and yields the
-    CPU twice per message (``sleep(0)``, for green threads): with N tasks that is 2N replies
-    (STARTED and the result), a quarter of the client's CPU on a 2-CPU machine, taken from the
-    worker.  Here each reply is one callback that counts it.
-    """
-    from celery.exceptions import TimeoutError as CeleryTimeout
-
-    def callback(body: Any, _message: Any) -> None:
-        if isinstance(body, dict):
-            on_message(body)
-
-    previous = consumer.callbacks
-    consumer.callbacks = [callback]
-    connection = app.backend.result_consumer._connection
-    deadline = None if timeout is None else time.monotonic() + timeout
-    next_tick = time.monotonic() + 0.1
-    try:
-        while len(finished) < len(wanted):
-            try:
-                connection.drain_events(timeout=0.1)
-            except TimeoutError:  # socket.timeout
-                pass
-            now = time.monotonic()
-            if now >= next_tick:
-                on_interval()
-                next_tick = now + 0.1
-            if deadline is not None and now > deadline:
-                raise CeleryTimeout("timed out")
-    finally:
-        consumer.callbacks = previous
-
-
-def wait_many(
-    app: Celery,
-    batch: Batch,
-    *,
-    timeout: float | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> Batch:
-    """Wait until every task of ``batch`` finished; count successes and failures."""
-    from celery.exceptions import TimeoutError as CeleryTimeout
-    from celery.result import ResultSet
-
-    started = time.monotonic()
-    report = on_progress or (lambda _d, _f: None)
-    finished: dict[str, str] = {}
-    wanted = set(batch.ids)
-
-    def on_message(body: dict[str, Any]) -> None:
-        tid = body.get("task_id")
-        state = body.get("status")
-        if tid in wanted and state in READY_STATES and tid not in finished:
-            finished[tid] = str(state)
-            if state == "SUCCESS":
-                batch.succeeded += 1
-            else:
-                batch.failed += 1
-
-    def on_interval() -> None:
-        report(batch.succeeded, batch.failed)
-
-    results = ResultSet([app.AsyncResult(i) for i in batch.ids])
-    try:
-        consumer = _rpc_consumer(app)
-        if consumer is not None:
-            _drain_rpc(app, consumer, finished, wanted, timeout, on_message, on_interval)
-        elif getattr(app.backend, "is_async", False):
-            results.join_native(
-                timeout=timeout, propagate=False, interval=0.1, on_message=on_message, on_interval=on_interval
-            )
-        else:  # backends that store results: poll them, one by one
-            done = [0]
-
-            def on_result(_task_id: str, _value: Any) -> None:
-                done[0] += 1
-                report(done[0], 0)
-
-            results.join(timeout=timeout, propagate=False, interval=0.1, callback=on_result)
-    except CeleryTimeout:
-        raise TimeoutError_(
-            f"{len(batch.ids) - len(finished)} of {len(batch.ids)} tasks did not finish within {timeout:g} s; "
-            "they may still be running",
-            "wait longer with --timeout",
-            details={"succeeded": batch.succeeded, "failed": batch.failed},
-        ) from None
-    except _library_errors() as exc:
-        raise UnreachableError(f"lost the broker while waiting: {type(exc).__name__}: {exc}") from exc
-    # Results that arrived before we listened are in the results' cache, not in on_message.
-    for r in results.results:
-        if r.id not in finished:
-            state = r.state
-            finished[r.id] = state
-            if state == "SUCCESS":
-                batch.succeeded += 1
-            else:
-                batch.failed += 1
-    report(batch.succeeded, batch.failed)
-    batch.seconds = batch.publish_seconds + (time.monotonic() - started)
-    return batch

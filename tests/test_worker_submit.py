@@ -414,7 +414,7 @@ def test_worker_passes_options_after_double_dash_to_celery(cli: CliRun, env: dic
 
 
 def test_confirm_bookkeeping_handles_multiple_out_of_order_and_nacks() -> None:
-    from celeryctl.submit import _Confirms
+    from celeryctl.bulk import Confirms as _Confirms
 
     c = _Confirms()
     c.pending.extend(range(1, 11))

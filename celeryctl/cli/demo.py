@@ -11,6 +11,7 @@ import typer
 from celeryctl import render
 from celeryctl.cli.options import BrokerOpt, DataDirOpt, JsonOpt, resolve
 from celeryctl.errors import ExitCode
+from celeryctl.render.submit import live_state
 
 
 def demo(
@@ -42,7 +43,6 @@ def demo(
     keeps running (celeryctl broker stop stops it).
     """
     from celeryctl import submit as core
-    from celeryctl.cli.submit import _live_state
     from celeryctl.tutorial import prepare_broker
     from celeryctl.worker import demo_session
 
@@ -63,7 +63,7 @@ def demo(
         core.prepare_client(session.app)
         result = core.send(session.app, name, [1, 2], {"seconds": seconds}, queue=session.queue)
         try:
-            with _live_state(name, str(result.id), quiet=json_) as on_event:
+            with live_state(name, str(result.id), quiet=json_) as on_event:
                 outcome = core.wait(session.app, result, name=name, timeout=timeout, on_event=on_event)
         except KeyboardInterrupt:
             render.err.print(f"stopped waiting for task {result.id}; stopping the worker")

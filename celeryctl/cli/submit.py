@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -12,6 +10,7 @@ import typer
 from celeryctl import render
 from celeryctl.cli.options import AppOpt, BackendOpt, BrokerOpt, DataDirOpt, JsonOpt, VerboseOpt, resolve
 from celeryctl.errors import ExitCode, UsageError
+from celeryctl.render.submit import bar, live_state
 
 
 def submit(
@@ -118,7 +117,7 @@ def submit(
             f"(celeryctl worker -Q {qname}); Ctrl-C stops waiting and leaves it queued"
         )
     try:
-        with _live_state(name, task_id, quiet=json_) as on_event:
+        with live_state(name, task_id, quiet=json_) as on_event:
             outcome = core.wait(app, result, name=name, timeout=timeout, on_event=on_event)
     except KeyboardInterrupt:
         render.err.print(f"stopped waiting; task {task_id} keeps running")
@@ -144,10 +143,10 @@ def _submit_many(
     timeout: float | None,
     json_: bool,
 ) -> None:
-    from celeryctl import submit as core
+    from celeryctl import bulk
 
-    with _bar(f"publishing {count} x {name}", count, quiet=json_) as advance:
-        batch = core.send_many(app, name, args, kwargs, count, on_published=lambda n: advance(n, ""), **options)
+    with bar(f"publishing {count} x {name}", count, quiet=json_) as advance:
+        batch = bulk.send_many(app, name, args, kwargs, count, on_published=lambda n: advance(n, ""), **options)
     if not json_:
         render.info(
             f"submitted {batch.submitted} tasks in {batch.publish_seconds:.2f} s "
@@ -160,12 +159,12 @@ def _submit_many(
             render.out.print("\n".join(batch.ids), markup=False)
         return
     try:
-        with _bar("running", count, quiet=json_) as advance:
+        with bar("running", count, quiet=json_) as advance:
 
             def on_progress(done: int, failed: int) -> None:
                 advance(done + failed, f"failed {failed}" if failed else "")
 
-            core.wait_many(app, batch, timeout=timeout, on_progress=on_progress)
+            bulk.wait_many(app, batch, timeout=timeout, on_progress=on_progress)
     except KeyboardInterrupt:
         render.err.print(f"stopped waiting; {count} tasks were submitted and keep running")
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
@@ -179,116 +178,3 @@ def _submit_many(
         )
     if batch.failed:
         raise typer.Exit(int(ExitCode.FAILED))
-
-
-# --------------------------------------------------------------------------- displays
-
-
-@contextmanager
-def _bar(label: str, total: int, *, quiet: bool) -> Iterator[Callable[[int, str], None]]:
-    """A progress bar (done/total, rate) on stderr when it is a terminal; else nothing."""
-    if quiet or not render.err.is_terminal:
-        yield lambda _n, _note: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TextColumn("[red]{task.fields[note]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=render.err, transient=False) as progress:
-        bar = progress.add_task(label, total=total, rate="", note="")
-
-        def advance(n: int, note: str) -> None:
-            elapsed = progress.tasks[0].elapsed or 0.0
-            rate = f"{n / elapsed:,.0f}/s" if elapsed > 0 else ""
-            progress.update(bar, completed=n, rate=rate, note=note)
-
-        yield advance
-
-
-def _retry_reason(meta: Any) -> str:
-    """``FlakyError: planned failure 1 of 2`` from a RETRY state's exception meta."""
-    if not isinstance(meta, dict):
-        return str(meta)
-    message = meta.get("exc_message", "")
-    if isinstance(message, (list, tuple)):
-        message = ", ".join(str(m) for m in message)
-    return f"{meta.get('exc_type', 'error')}: {message}"
-
-
-_STATE_STYLE = {
-    "PENDING": "dim",
-    "STARTED": "cyan",
-    "PROGRESS": "cyan",
-    "RETRY": "yellow",
-    "SUCCESS": "green",
-    "FAILURE": "red",
-    "REVOKED": "red",
-}
-
-
-@contextmanager
-def _live_state(name: str, task_id: str, *, quiet: bool) -> Iterator[Callable[[Any], None]]:
-    """Show a task's state: a live line with a bar when stderr is a terminal, else one line per change."""
-    if quiet:
-        yield lambda _e: None
-        return
-    if not render.err.is_terminal:
-        last: list[str] = []
-
-        def plain(event: Any) -> None:
-            if event.tick:
-                return
-            line = f"{event.state}"
-            if event.current is not None and event.total:
-                line += f" {event.current:g}/{event.total:g}"
-            if event.state == "RETRY":
-                line += f" ({_retry_reason(event.meta)})"
-            if not last or last[-1] != line:
-                last.append(line)
-                render.err.print(f"{name}[{task_id}] {line} ({event.elapsed:.1f} s)", markup=False)
-
-        yield plain
-        return
-
-    from rich.markup import escape
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    progress = Progress(
-        TextColumn("{task.description}"),
-        TextColumn("{task.fields[state]}"),
-        BarColumn(),
-        TextColumn("{task.fields[step]}"),
-        TimeElapsedColumn(),
-        console=render.err,
-        transient=False,
-    )
-    retries = [0]
-    with progress:
-        bar = progress.add_task(escape(f"{name}[{task_id[:8]}]"), total=None, state="PENDING", step="")
-
-        def live(event: Any) -> None:
-            style = _STATE_STYLE.get(event.state, "")
-            if event.state == "RETRY" and not event.tick:
-                retries[0] += 1
-            state = f"[{style}]{escape(event.state)}[/]" if style else escape(event.state)
-            if retries[0]:
-                state += (
-                    f" [yellow](retry {retries[0]}: {escape(_retry_reason(event.meta))})[/]"
-                    if event.state == "RETRY"
-                    else f" [yellow](retries {retries[0]})[/]"
-                )
-            fields: dict[str, Any] = {"state": state}
-            if event.current is not None and event.total:
-                fields.update(total=event.total, completed=event.current, step=f"{event.current:g}/{event.total:g}")
-            elif event.state == "SUCCESS":
-                task = progress.tasks[0]
-                fields.update(total=task.total or 1, completed=task.total or 1)
-            progress.update(bar, **fields)
-
-        yield live

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from celeryctl import render
 from celeryctl.cli.options import AppOpt, BackendOpt, BrokerOpt, DataDirOpt, resolve
-
-if TYPE_CHECKING:
-    from celeryctl.worker import WorkerPlan
+from celeryctl.render.worker import banner
 
 
 def worker(
@@ -85,28 +82,7 @@ def worker(
         wait_for_broker=wait_for_broker,
         durable=durable,
     )
-    _banner(plan)
+    banner(plan)
     code = core.run(app, plan)
     if code:
         raise typer.Exit(code)
-
-
-def _banner(plan: WorkerPlan) -> None:
-    from rich.markup import escape
-    from rich.panel import Panel
-    from rich.table import Table
-
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("app", escape(plan.app))
-    table.add_row("broker", escape(plan.broker))
-    table.add_row("results", escape(plan.backend))
-    table.add_row("queues", escape(", ".join(plan.queues)))
-    table.add_row("concurrency", f"{plan.concurrency} ({escape(plan.pool)})")
-    if plan.beat:
-        table.add_row("beat", "on")
-    if plan.applied_defaults:
-        table.add_row("defaults", escape(", ".join(f"{k}={v}" for k, v in plan.applied_defaults.items())))
-    table.add_row("tasks", escape("\n".join(plan.tasks) or "(none registered)"))
-    render.err.print(Panel(table, title="celeryctl worker", expand=False))

@@ -1,0 +1,447 @@
+"""Many copies of one task: publish them inside a window of unconfirmed messages, wait for them in bulk.
+
+``send_many`` publishes N copies of a task on one channel in confirm mode without waiting for
+each confirm: confirms are collected asynchronously in batches, which is what makes ``--count``
+fast.  The messages are the ordinary Celery protocol-2 messages that ``apply_async`` sends
+(built by ``app.amqp.create_task_message``), so any Celery worker runs them.
+
+This module reaches into Celery's and kombu's private API (``Task._get_exec_options``, the
+channel's raw ``_basic_publish``, the rpc:// backend's consumer); :mod:`celeryctl.submit` is the
+single task through the public one, and lends this module its error mapping.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from celeryctl.broker import close_quietly
+from celeryctl.errors import CeleryctlError, TimeoutError_, UnreachableError
+from celeryctl.submit import CONNECT_TIMEOUT, READY_STATES, library_errors, publish_error
+
+if TYPE_CHECKING:
+    from celery import Celery, Task
+
+#: Confirms are read (and progress reported) every this many messages.
+DRAIN_EVERY = 256
+
+
+@dataclass
+class Batch:
+    ids: list[str]
+    name: str
+    publish_seconds: float
+    succeeded: int = 0
+    failed: int = 0
+    seconds: float = 0.0  # publish + wait, when waited
+
+    @property
+    def submitted(self) -> int:
+        return len(self.ids)
+
+    def to_dict(self, *, waited: bool, with_ids: bool = False) -> dict[str, Any]:
+        seconds = self.seconds if waited else self.publish_seconds
+        done = (self.succeeded + self.failed) if waited else self.submitted
+        doc: dict[str, Any] = {
+            "task": self.name,
+            "submitted": self.submitted,
+            "succeeded": self.succeeded if waited else None,
+            "failed": self.failed if waited else None,
+            "seconds": round(seconds, 3),
+            "rate": round(done / seconds, 1) if seconds > 0 else None,
+            "publish_seconds": round(self.publish_seconds, 3),
+            "publish_rate": round(self.submitted / self.publish_seconds, 1) if self.publish_seconds > 0 else None,
+        }
+        if with_ids:
+            doc["ids"] = self.ids
+        return doc
+
+
+class Confirms:
+    """Publisher-confirm bookkeeping: delivery tags published and not yet settled by the broker."""
+
+    def __init__(self) -> None:
+        self.pending: deque[int] = deque()  # tags in publish order
+        self.settled: set[int] = set()  # tags settled out of order, still in ``pending``
+        self.nacked = 0
+
+    def _settle(self, tag: int, multiple: bool) -> int:
+        n = 0
+        if multiple:
+            while self.pending and self.pending[0] <= tag:
+                t = self.pending.popleft()
+                if t in self.settled:
+                    self.settled.discard(t)
+                else:
+                    n += 1
+        elif tag not in self.settled:
+            self.settled.add(tag)
+            n = 1
+        while self.pending and self.pending[0] in self.settled:
+            self.settled.remove(self.pending.popleft())
+        return n
+
+    def on_ack(self, tag: int, multiple: bool = False) -> None:
+        self._settle(tag, multiple)
+
+    def on_nack(self, tag: int, multiple: bool = False) -> None:
+        self.nacked += self._settle(tag, multiple)
+
+    @property
+    def unconfirmed(self) -> int:
+        return len(self.pending) - len(self.settled)
+
+
+# --------------------------------------------------------------------------- publishing
+
+
+@dataclass(frozen=True)
+class _Route:
+    """Where the copies go, resolved once as ``apply_async`` would resolve it for each."""
+
+    queue: Any  # kombu.Queue
+    exchange: str
+    routing_key: str
+    priority: int | None
+    delivery_mode: int
+
+
+@dataclass(frozen=True)
+class _Template:
+    """The serialized message every copy shares; only the task id headers differ."""
+
+    first_id: str
+    headers: dict[str, Any]
+    content_type: str
+    content_encoding: str
+    payload: Any
+    reply_to: str
+
+
+def _route(
+    app: Celery,
+    task: Task,
+    name: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    queue: str | None,
+    priority: int | None,
+) -> _Route:
+    wanted: dict[str, Any] = {}
+    if queue:
+        wanted["queue"] = queue
+    if priority is not None:
+        wanted["priority"] = priority
+    options = app.amqp.router.route(dict(task._get_exec_options(), **wanted), name, args, kwargs, task)
+    q = options.pop("queue")
+    exchange = options.pop("exchange", None)
+    routing_key = options.pop("routing_key", None)
+    exchange_type = options.pop("exchange_type", None) or getattr(q.exchange, "type", "direct")
+    if (not exchange or not routing_key) and exchange_type == "direct":
+        exchange, routing_key = "", q.name
+    elif exchange is None:
+        exchange = q.exchange.name
+        routing_key = routing_key or q.routing_key or app.conf.task_default_routing_key
+    delivery_mode = getattr(q.exchange, "delivery_mode", None) or app.conf.task_default_delivery_mode
+    return _Route(
+        queue=q,
+        exchange=getattr(exchange, "name", exchange) or "",
+        routing_key=routing_key,
+        priority=options.get("priority"),
+        delivery_mode={"persistent": 2, "transient": 1}.get(delivery_mode, delivery_mode),
+    )
+
+
+def _template(
+    app: Celery,
+    task: Task,
+    name: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    countdown: float | None,
+    eta: datetime | None,
+) -> _Template:
+    from celery.utils import uuid
+    from kombu.serialization import dumps
+
+    first_id = uuid()
+    headers, properties, body, _sent = app.amqp.create_task_message(
+        first_id,
+        name,
+        args,
+        kwargs,
+        countdown,
+        eta,
+        reply_to=app.thread_oid,
+        create_sent_event=False,
+        ignore_result=bool(task.ignore_result),
+    )
+    content_type, content_encoding, payload = dumps(body, serializer=app.conf.task_serializer)
+    return _Template(first_id, headers, content_type, content_encoding, payload, properties.get("reply_to") or "")
+
+
+def _confirm_channel(app: Celery, conn: Any, task: Task, route: _Route, first_id: str, confirms: Confirms) -> Any:
+    """The connection's channel in confirm mode, the queue declared, the result consumer listening."""
+    from kombu import Producer
+    from kombu.common import maybe_declare
+
+    conn.ensure_connection(max_retries=1, timeout=CONNECT_TIMEOUT)
+    channel = conn.default_channel
+    maybe_declare(route.queue(channel), channel)
+    if not task.ignore_result:
+        app.backend.on_task_call(Producer(channel, auto_declare=False), first_id)
+    channel.confirm_select()
+    channel.events["basic_ack"].add(confirms.on_ack)
+    channel.events["basic_nack"].add(confirms.on_nack)
+    return channel
+
+
+def _drain(transport_conn: Any, confirms: Confirms, block_until: int, published: int, confirm_timeout: float) -> None:
+    """Read confirms; block while more than ``block_until`` are unconfirmed."""
+    deadline = time.monotonic() + confirm_timeout
+    while True:
+        try:
+            transport_conn.drain_events(timeout=0 if confirms.unconfirmed <= block_until else 1.0)
+        except TimeoutError:
+            if confirms.unconfirmed <= block_until:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError_(
+                f"the broker did not confirm {confirms.unconfirmed} of {published} messages "
+                f"within {confirm_timeout:g} s",
+                "the broker may be overloaded or blocked (memory or disk alarm)",
+            )
+
+
+def _publish(
+    channel: Any,
+    transport_conn: Any,
+    route: _Route,
+    template: _Template,
+    count: int,
+    confirms: Confirms,
+    *,
+    window: int,
+    confirm_timeout: float,
+    report: Callable[[int], None],
+) -> list[str]:
+    """Publish ``count`` copies with the raw publish; return their ids once every one is confirmed."""
+    from celery.utils import uuid
+
+    publish = channel._basic_publish  # the raw publish: confirms are collected by _drain
+    prepare = channel.prepare_message
+    exchange, routing_key, prio, delivery_mode = route.exchange, route.routing_key, route.priority, route.delivery_mode
+    headers0, reply_to = template.headers, template.reply_to
+    content_type, content_encoding, payload = template.content_type, template.content_encoding, template.payload
+    pending = confirms.pending
+    ids: list[str] = []
+    tag = 0
+    for i in range(count):
+        task_id = template.first_id if i == 0 else uuid()
+        headers = dict(headers0)
+        headers["id"] = task_id
+        headers["root_id"] = task_id
+        msg = prepare(
+            payload,
+            prio,
+            content_type,
+            content_encoding,
+            headers,
+            {"delivery_mode": delivery_mode, "correlation_id": task_id, "reply_to": reply_to},
+        )
+        publish(msg, exchange=exchange, routing_key=routing_key)
+        tag += 1
+        pending.append(tag)
+        ids.append(task_id)
+        if tag % DRAIN_EVERY == 0:
+            _drain(transport_conn, confirms, window, tag, confirm_timeout)
+            report(tag - confirms.unconfirmed)
+    _drain(transport_conn, confirms, 0, tag, confirm_timeout)
+    report(count)
+    return ids
+
+
+def send_many(
+    app: Celery,
+    name: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    count: int,
+    *,
+    countdown: float | None = None,
+    eta: datetime | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
+    on_published: Callable[[int], None] | None = None,
+    window: int = 2000,
+    confirm_timeout: float = 30.0,
+) -> Batch:
+    """Publish ``count`` copies of a task; return once the broker confirmed every one of them.
+
+    Messages go out without waiting for each confirm; at most ``window`` may be unconfirmed at
+    a time, and the broker's acks are read between publishes.
+    """
+    report = on_published or (lambda _n: None)
+    started = time.monotonic()
+    task = app.tasks[name]
+    route = _route(app, task, name, args, kwargs, queue, priority)
+    template = _template(app, task, name, args, kwargs, countdown, eta)
+    confirms = Confirms()
+    conn = None
+    try:
+        conn = app.connection_for_write()
+        channel = _confirm_channel(app, conn, task, route, template.first_id, confirms)
+        ids = _publish(
+            channel,
+            conn.connection,
+            route,
+            template,
+            count,
+            confirms,
+            window=window,
+            confirm_timeout=confirm_timeout,
+            report=report,
+        )
+    except CeleryctlError:
+        raise
+    except library_errors() as exc:
+        raise publish_error(app, exc) from exc
+    finally:
+        if conn is not None:
+            close_quietly(conn)
+    if confirms.nacked:
+        raise UnreachableError(
+            f"the broker refused {confirms.nacked} of {count} messages (negative confirms)",
+            "the broker may be out of resources; check its log",
+        )
+    return Batch(ids, name, time.monotonic() - started)
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+def _rpc_consumer(app: Celery) -> Any:
+    """The rpc:// backend's reply-queue consumer, when it already listens (``send_many`` started it)."""
+    from celery.backends.rpc import RPCBackend
+
+    backend = app.backend
+    if not isinstance(backend, RPCBackend):
+        return None
+    consumer = getattr(backend.result_consumer, "_consumer", None)
+    return consumer if consumer is not None and hasattr(consumer, "callbacks") else None
+
+
+def _drain_rpc(
+    app: Celery,
+    consumer: Any,
+    finished: dict[str, str],
+    wanted: set[str],
+    timeout: float | None,
+    on_message: Callable[[dict[str, Any]], None],
+    on_interval: Callable[[], None],
+) -> None:
+    """Read the rpc:// reply queue in bulk until every task of the batch reported a final state.
+
+    ``ResultSet.join_native`` hands each reply through per-result bookkeeping and yields the
+    CPU twice per message (``sleep(0)``, for green threads): with N tasks that is 2N replies
+    (STARTED and the result), a quarter of the client's CPU on a 2-CPU machine, taken from the
+    worker.  Here each reply is one callback that counts it.
+    """
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    def callback(body: Any, _message: Any) -> None:
+        if isinstance(body, dict):
+            on_message(body)
+
+    previous = consumer.callbacks
+    consumer.callbacks = [callback]
+    connection = app.backend.result_consumer._connection
+    deadline = None if timeout is None else time.monotonic() + timeout
+    next_tick = time.monotonic() + 0.1
+    try:
+        while len(finished) < len(wanted):
+            try:
+                connection.drain_events(timeout=0.1)
+            except TimeoutError:  # socket.timeout
+                pass
+            now = time.monotonic()
+            if now >= next_tick:
+                on_interval()
+                next_tick = now + 0.1
+            if deadline is not None and now > deadline:
+                raise CeleryTimeout("timed out")
+    finally:
+        consumer.callbacks = previous
+
+
+def wait_many(
+    app: Celery,
+    batch: Batch,
+    *,
+    timeout: float | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Batch:
+    """Wait until every task of ``batch`` finished; count successes and failures."""
+    from celery.exceptions import TimeoutError as CeleryTimeout
+    from celery.result import ResultSet
+
+    started = time.monotonic()
+    report = on_progress or (lambda _d, _f: None)
+    finished: dict[str, str] = {}
+    wanted = set(batch.ids)
+
+    def on_message(body: dict[str, Any]) -> None:
+        tid = body.get("task_id")
+        state = body.get("status")
+        if tid in wanted and state in READY_STATES and tid not in finished:
+            finished[tid] = str(state)
+            if state == "SUCCESS":
+                batch.succeeded += 1
+            else:
+                batch.failed += 1
+
+    def on_interval() -> None:
+        report(batch.succeeded, batch.failed)
+
+    results = ResultSet([app.AsyncResult(i) for i in batch.ids])
+    try:
+        consumer = _rpc_consumer(app)
+        if consumer is not None:
+            _drain_rpc(app, consumer, finished, wanted, timeout, on_message, on_interval)
+        elif getattr(app.backend, "is_async", False):
+            results.join_native(
+                timeout=timeout, propagate=False, interval=0.1, on_message=on_message, on_interval=on_interval
+            )
+        else:  # backends that store results: poll them, one by one
+            done = [0]
+
+            def on_result(_task_id: str, _value: Any) -> None:
+                done[0] += 1
+                report(done[0], 0)
+
+            results.join(timeout=timeout, propagate=False, interval=0.1, callback=on_result)
+    except CeleryTimeout:
+        raise TimeoutError_(
+            f"{len(batch.ids) - len(finished)} of {len(batch.ids)} tasks did not finish within {timeout:g} s; "
+            "they may still be running",
+            "wait longer with --timeout",
+            details={"succeeded": batch.succeeded, "failed": batch.failed},
+        ) from None
+    except library_errors() as exc:
+        raise UnreachableError(f"lost the broker while waiting: {type(exc).__name__}: {exc}") from exc
+    # Results that arrived before we listened are in the results' cache, not in on_message.
+    for r in results.results:
+        if r.id not in finished:
+            state = r.state
+            finished[r.id] = state
+            if state == "SUCCESS":
+                batch.succeeded += 1
+            else:
+                batch.failed += 1
+    report(batch.succeeded, batch.failed)
+    batch.seconds = batch.publish_seconds + (time.monotonic() - started)
+    return batch
