@@ -25,6 +25,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
+
+Row = tuple[str, float, str]
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -121,6 +124,120 @@ def settle(url: str, timeout: float = 300) -> None:
     time.sleep(1.0)
 
 
+def start_worker(url: str, env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """A celeryctl worker (-c 2) on the node, once it answers a ping."""
+    from celery import Celery
+
+    hostname = f"bench@{socket.gethostname()}"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celeryctl", "worker", "-c", "2", "-l", "WARNING", "-n", hostname],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    probe = Celery("bench-ping", broker=url)
+    deadline = time.monotonic() + 60
+    while not probe.control.ping(destination=[hostname], timeout=0.5):
+        if time.monotonic() > deadline or worker.poll() is not None:
+            raise SystemExit(f"worker did not start; see {log.name}")
+    probe.close()
+    return worker
+
+
+def measure_publish(url: str, env: dict[str, str], n: int, rows: list[Row]) -> dict[str, float]:
+    py = sys.executable
+    t_delay, p = timed([py, "-c", DELAY_LOOP, url, str(n), "nowait"], env)
+    assert p.returncode == 0, p.stderr
+    settle(url)
+    t_ctl, p = timed([py, "-m", "celeryctl", "submit", "add", "1", "2", "--count", str(n), "--json"], env)
+    assert p.returncode == 0, p.stderr
+    inner = json.loads(p.stdout)
+    settle(url)
+    t_pika, p = timed([py, "-c", RAW_PIKA, url, str(n)], env)
+    assert p.returncode == 0, p.stderr
+    settle(url)
+    r_delay, r_ctl, r_pika = n / t_delay, n / t_ctl, n / t_pika
+    rows += [
+        (f"publish {n}: .delay() loop (anchor)", r_delay, f"{t_delay:.2f} s"),
+        (
+            f"publish {n}: celeryctl submit --count (confirmed)",
+            r_ctl,
+            f"{t_ctl:.2f} s; publishing alone {inner['publish_rate']:,.0f}/s",
+        ),
+        (f"publish {n}: raw pika, no confirms (limit)", r_pika, f"{t_pika:.2f} s"),
+    ]
+    return {"delay": r_delay, "ctl": r_ctl, "pika": r_pika}
+
+
+def measure_end_to_end(url: str, env: dict[str, str], m: int, rows: list[Row]) -> dict[str, float]:
+    py = sys.executable
+    t_e2e_anchor, p = timed([py, "-c", DELAY_LOOP, url, str(m), "wait"], env)
+    assert p.returncode == 0, p.stderr
+    time.sleep(1.0)
+    t_e2e_ctl, p = timed([py, "-m", "celeryctl", "submit", "add", "1", "2", "--count", str(m), "--wait", "--json"], env)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["succeeded"] == m, doc
+    e_anchor, e_ctl = m / t_e2e_anchor, m / t_e2e_ctl
+    # The worker's own ceiling: M tasks published at once, timed until the queue is empty.
+    time.sleep(1.0)
+    started = time.perf_counter()
+    _, p = timed([py, "-m", "celeryctl", "submit", "add", "1", "2", "--count", str(m), "--json"], env)
+    assert p.returncode == 0, p.stderr
+    while queue_depth(url):
+        time.sleep(0.05)
+    drain = m / (time.perf_counter() - started)
+    time.sleep(1.0)
+    rows += [
+        (f"end to end {m}: .delay() + ResultSet.get() (anchor)", e_anchor, f"{t_e2e_anchor:.2f} s"),
+        (f"end to end {m}: celeryctl submit --count --wait", e_ctl, f"{t_e2e_ctl:.2f} s"),
+        (f"the worker alone drains {m} (ceiling for end to end)", drain, "publish, then until the queue is empty"),
+    ]
+    return {"anchor": e_anchor, "ctl": e_ctl, "drain": drain}
+
+
+def measure_broker_down(env: dict[str, str]) -> dict[str, float]:
+    py = sys.executable
+    down = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
+    t_down_ctl, p = timed([py, "-m", "celeryctl", "submit", "add", "1", "2", "--broker", down], env)
+    assert p.returncode == 6, p.stderr
+    t_down_delay, p = timed([py, "-c", DELAY_DOWN, down], env)
+    # A broker that accepts TCP but never answers (hung, or a firewall that swallows packets).
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(64)
+        silent = f"amqp://guest:guest@127.0.0.1:{mute.getsockname()[1]}//"
+        t_mute_ctl, p = timed([py, "-m", "celeryctl", "submit", "add", "1", "2", "--broker", silent], env)
+        assert p.returncode == 6, p.stderr
+        t_mute_delay, p = timed([py, "-c", DELAY_DOWN, silent], env)
+    return {"down_ctl": t_down_ctl, "down_delay": t_down_delay, "mute_ctl": t_mute_ctl, "mute_delay": t_mute_delay}
+
+
+def report(rows: list[Row], pub: dict[str, float], e2e: dict[str, float], down: dict[str, float]) -> None:
+    print(f"{'measure':58} {'tasks/s':>10}  notes")
+    for label, rate, note in rows:
+        print(f"{label:58} {rate:>10,.0f}  {note}")
+    print()
+    print(f"publish: celeryctl / .delay()          = {pub['ctl'] / pub['delay']:.2f}x  (goal >= 3)")
+    print(f"publish: celeryctl / raw pika          = {pub['ctl'] / pub['pika']:.2f}x  (goal >= 0.5)")
+    print(f"end to end: celeryctl / plain client   = {e2e['ctl'] / e2e['anchor']:.2f}x  (goal >= 1.8)")
+    print(
+        f"end to end: celeryctl / worker ceiling = {e2e['ctl'] / e2e['drain']:.2f}x  (the worker is the limit near 1)"
+    )
+    print(
+        f"end to end: worker ceiling / plain client = {e2e['drain'] / e2e['anchor']:.2f}x  "
+        "(the most any client could reach against this worker on this machine)"
+    )
+    print(
+        f"broker down (refused): celeryctl submit {down['down_ctl']:.2f} s (exit 6, one line) vs .delay() "
+        f"{down['down_delay']:.2f} s (ratio {down['down_delay'] / down['down_ctl']:.1f}x)"
+    )
+    print(
+        f"broker silent (accepts, never answers): celeryctl submit {down['mute_ctl']:.2f} s (exit 6) vs .delay() "
+        f"{down['mute_delay']:.2f} s (ratio {down['mute_delay'] / down['mute_ctl']:.1f}x)"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--publish", type=int, default=20000, help="tasks for the publish comparison")
@@ -135,117 +252,23 @@ def main() -> int:
     url = info.url
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELERYCTL_")}
     env.update({"CELERYCTL_BROKER_URL": url, "CELERYCTL_DATA_DIR": str(tmp / "data"), "PYTHONPATH": str(REPO)})
-    log = open(tmp / "worker.log", "wb")  # lives as long as the worker
-    hostname = f"bench@{socket.gethostname()}"
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celeryctl", "worker", "-c", "2", "-l", "WARNING", "-n", hostname],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    rows: list[tuple[str, float, str]] = []
-    try:
-        from celery import Celery
-
-        probe = Celery("bench-ping", broker=url)
-        deadline = time.monotonic() + 60
-        while not probe.control.ping(destination=[hostname], timeout=0.5):
-            if time.monotonic() > deadline or worker.poll() is not None:
-                raise SystemExit(f"worker did not start; see {tmp / 'worker.log'}")
-        probe.close()
-        n, m = opts.publish, opts.e2e
-        py = sys.executable
-
-        # ---- publish
-        t_delay, p = timed([py, "-c", DELAY_LOOP, url, str(n), "nowait"], env)
-        assert p.returncode == 0, p.stderr
-        settle(url)
-        t_ctl, p = timed([py, "-m", "celeryctl", "submit", "add", "1", "2", "--count", str(n), "--json"], env)
-        assert p.returncode == 0, p.stderr
-        inner = json.loads(p.stdout)
-        settle(url)
-        t_pika, p = timed([py, "-c", RAW_PIKA, url, str(n)], env)
-        assert p.returncode == 0, p.stderr
-        settle(url)
-        r_delay, r_ctl, r_pika = n / t_delay, n / t_ctl, n / t_pika
-        rows += [
-            (f"publish {n}: .delay() loop (anchor)", r_delay, f"{t_delay:.2f} s"),
-            (
-                f"publish {n}: celeryctl submit --count (confirmed)",
-                r_ctl,
-                f"{t_ctl:.2f} s; publishing alone {inner['publish_rate']:,.0f}/s",
-            ),
-            (f"publish {n}: raw pika, no confirms (limit)", r_pika, f"{t_pika:.2f} s"),
-        ]
-
-        # ---- end to end
-        t_e2e_anchor, p = timed([py, "-c", DELAY_LOOP, url, str(m), "wait"], env)
-        assert p.returncode == 0, p.stderr
-        time.sleep(1.0)
-        t_e2e_ctl, p = timed(
-            [py, "-m", "celeryctl", "submit", "add", "1", "2", "--count", str(m), "--wait", "--json"], env
-        )
-        assert p.returncode == 0, p.stderr
-        doc = json.loads(p.stdout)
-        assert doc["succeeded"] == m, doc
-        e_anchor, e_ctl = m / t_e2e_anchor, m / t_e2e_ctl
-        # The worker's own ceiling: M tasks published at once, timed until the queue is empty.
-        time.sleep(1.0)
-        started = time.perf_counter()
-        _, p = timed([py, "-m", "celeryctl", "submit", "add", "1", "2", "--count", str(m), "--json"], env)
-        assert p.returncode == 0, p.stderr
-        while queue_depth(url):
-            time.sleep(0.05)
-        drain = m / (time.perf_counter() - started)
-        time.sleep(1.0)
-        rows += [
-            (f"end to end {m}: .delay() + ResultSet.get() (anchor)", e_anchor, f"{t_e2e_anchor:.2f} s"),
-            (f"end to end {m}: celeryctl submit --count --wait", e_ctl, f"{t_e2e_ctl:.2f} s"),
-            (f"the worker alone drains {m} (ceiling for end to end)", drain, "publish, then until the queue is empty"),
-        ]
-
-        # ---- broker down
-        down = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
-        t_down_ctl, p = timed([py, "-m", "celeryctl", "submit", "add", "1", "2", "--broker", down], env)
-        assert p.returncode == 6, p.stderr
-        t_down_delay, p = timed([py, "-c", DELAY_DOWN, down], env)
-        # A broker that accepts TCP but never answers (hung, or a firewall that swallows packets).
-        with socket.socket() as mute:
-            mute.bind(("127.0.0.1", 0))
-            mute.listen(64)
-            silent = f"amqp://guest:guest@127.0.0.1:{mute.getsockname()[1]}//"
-            t_mute_ctl, p = timed([py, "-m", "celeryctl", "submit", "add", "1", "2", "--broker", silent], env)
-            assert p.returncode == 6, p.stderr
-            t_mute_delay, p = timed([py, "-c", DELAY_DOWN, silent], env)
-    finally:
-        worker.send_signal(signal.SIGTERM)
+    rows: list[Row] = []
+    with open(tmp / "worker.log", "wb") as log:
+        worker = None
         try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-        log.close()
-        node.stop()
-
-    print(f"{'measure':58} {'tasks/s':>10}  notes")
-    for label, rate, note in rows:
-        print(f"{label:58} {rate:>10,.0f}  {note}")
-    print()
-    print(f"publish: celeryctl / .delay()          = {r_ctl / r_delay:.2f}x  (goal >= 3)")
-    print(f"publish: celeryctl / raw pika          = {r_ctl / r_pika:.2f}x  (goal >= 0.5)")
-    print(f"end to end: celeryctl / plain client   = {e_ctl / e_anchor:.2f}x  (goal >= 1.8)")
-    print(f"end to end: celeryctl / worker ceiling = {e_ctl / drain:.2f}x  (the worker is the limit near 1)")
-    print(
-        f"end to end: worker ceiling / plain client = {drain / e_anchor:.2f}x  "
-        "(the most any client could reach against this worker on this machine)"
-    )
-    print(
-        f"broker down (refused): celeryctl submit {t_down_ctl:.2f} s (exit 6, one line) vs .delay() "
-        f"{t_down_delay:.2f} s (ratio {t_down_delay / t_down_ctl:.1f}x)"
-    )
-    print(
-        f"broker silent (accepts, never answers): celeryctl submit {t_mute_ctl:.2f} s (exit 6) vs .delay() "
-        f"{t_mute_delay:.2f} s (ratio {t_mute_delay / t_mute_ctl:.1f}x)"
-    )
+            worker = start_worker(url, env, log)
+            pub = measure_publish(url, env, opts.publish, rows)
+            e2e = measure_end_to_end(url, env, opts.e2e, rows)
+            down = measure_broker_down(env)
+        finally:
+            if worker is not None:
+                worker.send_signal(signal.SIGTERM)
+                try:
+                    worker.wait(60)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+            node.stop()
+    report(rows, pub, e2e, down)
     return 0
 
 
