@@ -17,8 +17,8 @@ celery, kombu and pika are imported inside the functions that use them.
 
 from __future__ import annotations
 
-from celeryctl.doctor.check import TITLES, Check, skip
+from celeryctl.doctor.check import TITLES, Check
 from celeryctl.doctor.runner import DoctorReport, run_doctor
 from celeryctl.doctor.versions import version_problems
 
-__all__ = ["TITLES", "Check", "DoctorReport", "run_doctor", "skip", "version_problems"]
+__all__ = ["TITLES", "Check", "DoctorReport", "run_doctor", "version_problems"]

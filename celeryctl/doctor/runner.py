@@ -52,15 +52,23 @@ class DoctorReport:
         }
 
 
-class TcpSignal:
-    """Tells the local-node check whether an AMQP server answers (set once the network check knows)."""
+class LocalCheck:
+    """The local-node check, running in the pool.  It waits to hear from the network check
+    whether an AMQP server answers (:meth:`tell`) before it boots an Erlang VM to ask a node."""
 
-    def __init__(self) -> None:
+    def __init__(self, pool: ThreadPoolExecutor, settings: Settings, target: BrokerUrl) -> None:
         self.ready = threading.Event()
         self.ok: list[bool] = []
+        self.future: Future[LocalResult] = pool.submit(
+            check_local_node, settings, target, self.ready, self.ok, settings.doctor_timeout
+        )
 
     def tell(self, ok: bool) -> None:
         self.ok.append(ok)
+        self.ready.set()
+
+    def release(self) -> None:
+        """Never leave it waiting (the network check failed early, or its answer is not wanted)."""
         self.ready.set()
 
 
@@ -90,10 +98,12 @@ def run_doctor(
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="doctor")
     try:
         app_future: Future[AppResult] = pool.submit(check_app, settings)
-        if app_may_name_its_broker(settings):
-            say("loading the Celery app")
-            target = app_broker(settings_check, target, app_future.result().app)
-        net, local_future = _check_broker(pool, settings, target, say)
+        target, local_check = _decide_broker(pool, settings, settings_check, target, app_future, say)
+        say(f"checking the broker at {target.masked}")
+        try:
+            net = check_network(target, settings.doctor_timeout, local_check.tell)
+        finally:
+            local_check.release()
         results.update(net.checks)
         say("loading the Celery app")
         app_result = app_future.result()
@@ -101,7 +111,7 @@ def run_doctor(
         say("asking the workers")
         results.update(_with_app(app_result, net, target, settings))
         say("asking the local node")
-        local = local_future.result()
+        local = local_check.future.result()
     finally:
         pool.shutdown(wait=True)
     results["local_node"] = local.check
@@ -112,19 +122,26 @@ def run_doctor(
     return _report(results, started, target.masked)
 
 
-def _check_broker(
-    pool: ThreadPoolExecutor, settings: Settings, target: BrokerUrl, say: Callable[[str], None]
-) -> tuple[NetworkResult, Future[LocalResult]]:
-    """The network checks here, the local node's in the pool (it waits to hear whether TCP works)."""
-    timeout = settings.doctor_timeout
-    tcp = TcpSignal()
-    local_future = pool.submit(check_local_node, settings, target, tcp.ready, tcp.ok, timeout)
-    say(f"checking the broker at {target.masked}")
-    try:
-        net = check_network(target, timeout, tcp.tell)
-    finally:
-        tcp.ready.set()  # never leave the local check waiting
-    return net, local_future
+def _decide_broker(
+    pool: ThreadPoolExecutor,
+    settings: Settings,
+    settings_check: Check,
+    target: BrokerUrl,
+    app_future: Future[AppResult],
+    say: Callable[[str], None],
+) -> tuple[BrokerUrl, LocalCheck]:
+    """The broker to check, once: the settings', or the app's own when it may name one (then the
+    app must load first).  The local-node check starts at once on the settings' broker: almost
+    always the app's too; when the app's differs, that check is released and started again."""
+    local_check = LocalCheck(pool, settings, target)
+    if not app_may_name_its_broker(settings):
+        return target, local_check
+    say("loading the Celery app")
+    own = app_broker(settings_check, target, app_future.result().app)
+    if own is target:
+        return target, local_check
+    local_check.release()  # its answer is about the other broker: dropped
+    return own, LocalCheck(pool, settings, own)
 
 
 def _with_app(app_result: AppResult, net: NetworkResult, target: BrokerUrl, settings: Settings) -> dict[str, Check]:
