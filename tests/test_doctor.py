@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from celeryctl.doctor import TITLES, parse_broker, version_problems
+from celeryctl.broker import BrokerUrl
+from celeryctl.doctor import TITLES, version_problems
 from celeryctl.rabbitmq.node import Node, pick_free_port
 from celeryctl.settings import build_amqp_url
 from tests.conftest import REPO, CliResult, CliRun, RabbitNode, wait_for
@@ -181,10 +182,8 @@ def test_queue_with_messages_and_no_consumer_warns(
 ) -> None:
     import pika
 
-    from celeryctl.probe import connection_parameters
-
     queue = "stuckq"
-    conn = pika.BlockingConnection(connection_parameters(vhosts["idle"]))
+    conn = pika.BlockingConnection(BrokerUrl.parse(vhosts["idle"]).pika_parameters())
     try:
         ch = conn.channel()
         ch.queue_declare(queue=queue, durable=True)
@@ -376,7 +375,7 @@ def test_user_without_permission_on_the_vhost(cli: CliRun, rabbit: RabbitNode, u
     assert "has no access to virtual host" in checks["vhost"]["detail"]
     assert "set_permissions" in checks["vhost"]["hint"]
     assert checks["permissions"]["status"] == "skip"
-    no_secret(res, parse_broker(users["none"]).url.split(":")[2].split("@")[0])
+    no_secret(res, BrokerUrl.parse(users["none"]).url.split(":")[2].split("@")[0])
 
 
 def test_read_only_user_names_configure_and_write(cli: CliRun, rabbit: RabbitNode, users: dict[str, str]) -> None:
