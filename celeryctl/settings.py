@@ -119,6 +119,12 @@ class Settings:
         """:attr:`broker`, parsed (it was validated when the settings were loaded)."""
         return BrokerUrl.parse(self.broker, self.sources.get("broker_url", ""))
 
+    def bin_dir(self) -> Path | None:
+        """RabbitMQ's scripts: the ``rabbitmq_bin_dir`` setting when set (None if it lacks them), else found."""
+        from celeryctl.rabbitmq.ctl import BIN_DIR_ENV, find_bin_dir
+
+        return find_bin_dir({BIN_DIR_ENV: str(self.rabbitmq_bin_dir)} if self.rabbitmq_bin_dir else None)
+
     def local_node(self) -> Node:
         """celeryctl's private node (running or not) under the data directory."""
         from celeryctl.rabbitmq.node import Node  # local: keeps settings import light

@@ -45,7 +45,7 @@ def check_local_node(
     settings: Settings, target: BrokerUrl, tcp_ready: threading.Event, tcp_ok: list[bool], timeout: float
 ) -> LocalResult:
     """rabbitmqctl present, the node running, and its alarms (rabbitmq-diagnostics)."""
-    from celeryctl.rabbitmq.ctl import find_bin_dir, installed_version
+    from celeryctl.rabbitmq.ctl import installed_version
 
     started = time.monotonic()
 
@@ -54,7 +54,7 @@ def check_local_node(
 
     if not target.on_this_machine:
         return LocalResult(skip("local_node", f"the broker ({target.host}) is not on this machine"))
-    bin_dir = find_bin_dir()
+    bin_dir = settings.bin_dir()
     if bin_dir is None:
         return LocalResult(
             done(WARN, "rabbitmqctl is not installed here", "install RabbitMQ's tools: celeryctl broker install")
