@@ -1,7 +1,14 @@
-"""Shared fixtures: one real private RabbitMQ node per test session, and a CLI runner.
+"""The one test harness: every helper the test modules share is here, once.
 
-The node is started through celeryctl's own node module on free ports below 32768 in a temp
-dir, and stopped at the end.  No test touches a system RabbitMQ on 5672.
+* ``rabbit``: one real private RabbitMQ node per session, started through celeryctl's own node
+  module on free ports below 32768 in a temp dir, and stopped at the end.  No test touches a
+  system RabbitMQ on 5672.
+* ``cli`` / ``isolated_env``: the real ``celeryctl`` in a subprocess, with no CELERYCTL_* leaking in.
+* ``make_vhost``: vhosts (and users) on the session node, deleted after the module.
+* ``workers`` / ``module_workers``: real worker subprocesses, ready when they answer a ping.
+* ``terminal``: the real ``celeryctl`` on a pseudo-terminal.
+* ``fake_bin``: executable stand-ins for RabbitMQ's programs.
+* ``wait_for``: wait on a condition with a deadline (never sleep-and-hope).
 """
 
 from __future__ import annotations
