@@ -32,6 +32,14 @@ def start_worker(
     return workers.start(CELERYCTL_WORKER, url, "-c", "2", "-l", "INFO", *args, env=env, cwd=cwd)
 
 
+def task_logged_at(worker: Worker, task_id: str, event: str) -> datetime:
+    """When ``worker`` logged ``Task <name>[<task_id>] <event>``, from the line's own (local) timestamp."""
+    line = re.compile(rf"^\[(\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d{{3}}): [^]]*\] Task \S+\[{task_id}\] {event}", re.M)
+    found = wait_for(lambda: line.search(worker.output), timeout=10, what=f"the worker to log {task_id} {event}")
+    assert isinstance(found, re.Match)
+    return datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S,%f").astimezone()
+
+
 @pytest.fixture(scope="module")
 def demo_url(make_vhost: VhostFactory) -> str:
     return make_vhost("celeryctl-ws").url
@@ -186,12 +194,13 @@ def test_submit_count_with_failures_exits_1(cli: CliRun, env: dict[str, str], de
 
 
 def test_submit_eta_and_countdown(cli: CliRun, env: dict[str, str], demo_worker: Worker) -> None:
-    eta = (datetime.now(timezone.utc) + timedelta(seconds=1.5)).isoformat()
-    r = cli("submit", "add", "2", "3", "--eta", eta, "--wait", "--json", env=env)
+    eta = datetime.now(timezone.utc) + timedelta(seconds=1.5)
+    r = cli("submit", "add", "2", "3", "--eta", eta.isoformat(), "--wait", "--json", env=env)
     assert r.returncode == 0, r.output
     doc = r.json()
     assert doc["result"] == 5
-    assert doc["seconds"] >= 1.0  # it did not run before its ETA
+    # It did not run before its ETA: the worker's own log says when it ran (ms resolution, hence the 10 ms).
+    assert task_logged_at(demo_worker, doc["task_id"], "succeeded") >= eta - timedelta(milliseconds=10)
     r = cli("submit", "add", "1", "1", "--countdown", "1", "--wait", "--json", env=env)
     assert r.returncode == 0 and r.json()["result"] == 2, r.output
 
