@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from celeryctl.broker import BrokerUrl, build_amqp_url, mask_url, url_password
+from celeryctl.broker import BrokerUrl, mask_url, url_password
 from celeryctl.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -37,9 +37,6 @@ CONFIG_FILENAME = "celeryctl.toml"
 CONFIG_ENV = "CELERYCTL_CONFIG"
 FALLBACK_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 DEFAULT_BACKEND = "rpc://"
-
-
-__all__ = ["BrokerUrl", "build_amqp_url", "mask_url", "url_password"]  # URL helpers live in celeryctl.broker
 
 
 @dataclass(frozen=True)

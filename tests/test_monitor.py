@@ -21,10 +21,18 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CliRun, RabbitNode, wait_for
+from tests.conftest import (
+    CliRun,
+    RabbitNode,
+    TerminalRun,
+    VhostFactory,
+    Worker,
+    Workers,
+    celery_worker,
+    wait_for,
+)
 
 UID = uuid.uuid4().hex[:8]
-VHOST = f"mon-{UID}"
 MODULE = f"monapp_{UID}"
 QUEUE = f"mon.work.{UID}"
 
@@ -50,6 +58,7 @@ def boom(message="kaboom"):
 @dataclass
 class Env:
     rabbit: RabbitNode
+    vhost: str
     url: str
     appdir: Path
     app: Any  # the Celery app, imported in the test process
@@ -69,11 +78,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def env(rabbit: RabbitNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    runner = rabbit.runner()
-    runner.run("add_vhost", VHOST)
-    runner.run("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
-    url = f"amqp://guest:guest@127.0.0.1:{rabbit.port}/{VHOST}"
+def env(rabbit: RabbitNode, make_vhost: VhostFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    vhost = make_vhost("mon")
+    url = vhost.url
     appdir = tmp_path_factory.mktemp("monapp")
     (appdir / f"{MODULE}.py").write_text(APP_SOURCE.format(module=MODULE, broker=url, queue=QUEUE))
     sys.path.insert(0, str(appdir))
@@ -81,55 +88,37 @@ def env(rabbit: RabbitNode, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         import importlib
 
         module = importlib.import_module(MODULE)
-        yield Env(rabbit, url, appdir, module.app)
+        yield Env(rabbit, vhost.name, url, appdir, module.app)
     finally:
         sys.path.remove(str(appdir))
-        runner.run("delete_vhost", VHOST, check=False)
 
 
-class Worker:
-    def __init__(self, env: Env, name: str, log: Path) -> None:
-        self.env, self.name, self.log = env, name, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Worker:
-        argv = [sys.executable, "-m", "celery", "-A", MODULE, "worker", "-c", "1", "-P", "solo"]
-        argv += ["--without-mingle", "--without-gossip", "-E", "-n", self.name, "-Q", QUEUE, "-l", "INFO"]
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=self.env.appdir,
-            env={**os.environ, "PYTHONPATH": str(self.env.appdir)},
-            stdout=self.log.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-        def ready() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-2000:]
-            replies = self.env.app.control.ping(destination=[self.name], timeout=0.5) or []
-            return any(self.name in r for r in replies)
-
-        wait_for(ready, timeout=30, what=f"worker {self.name}")
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+def start_worker(workers: Workers, env: Env, name: str) -> Worker:
+    """A solo-pool worker of the module's app on QUEUE, sending task events (-E)."""
+    args = ("-c", "1", "-P", "solo", "--without-mingle", "--without-gossip", "-E", "-Q", QUEUE, "-l", "INFO")
+    return workers.start(
+        celery_worker(MODULE), env.url, *args, name=name, env={"PYTHONPATH": str(env.appdir)}, cwd=env.appdir
+    )
 
 
 @pytest.fixture(scope="module")
-def worker(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    w = Worker(env, f"mon{UID}@{socket.gethostname()}", tmp_path_factory.mktemp("wlog") / "worker.log")
-    try:
-        yield w.start()
-    finally:
-        w.stop()
+def worker(env: Env, module_workers: Workers) -> Worker:
+    return start_worker(module_workers, env, f"mon{UID}@{socket.gethostname()}")
+
+
+def table_rows(text: str, first_column: str) -> dict[str, dict[str, str]]:
+    """The rows, by first cell, of the plain (box-less) table printed under a header starting ``first_column``."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.split()[:1] == [first_column]), None)
+    assert start is not None, f"no table headed {first_column!r} in:\n{text}"
+    columns = lines[start].split()
+    rows = {}
+    for line in lines[start + 1 :]:
+        cells = line.split()
+        if len(cells) != len(columns):  # the table ended
+            break
+        rows[cells[0]] = dict(zip(columns, cells, strict=True))
+    return rows
 
 
 def _run_tasks(env: Env, ok: int, boom: int) -> None:
@@ -179,26 +168,21 @@ def test_status_json_lists_the_worker_with_real_counts(cli: CliRun, env: Env, wo
     assert w["pool"] == "solo" and w["concurrency"] == 1 and w["active"] == 0
     assert w["uptime"] is not None and QUEUE in w["queues"]
     queues = {q["name"]: q for q in doc["queues"]}
-    assert doc["queue_source"] == "rabbitmqctl" and doc["vhost"] == VHOST
+    assert doc["queue_source"] == "rabbitmqctl" and doc["vhost"] == env.vhost
     assert queues[QUEUE]["consumers"] == 1 and queues[QUEUE]["ready"] == 0
     assert doc["totals"]["workers"] == 1 and doc["totals"]["processed"] == w["processed"]
     human = cli("status", "-A", MODULE, env=env.cli_env())
     assert human.returncode == 0, human.output
-    assert worker.name in human.stdout and QUEUE in human.stdout and "solo" in human.stdout
+    row = table_rows(human.stdout, "worker")[worker.name]
+    assert (row["pool"], row["concurrency"], row["active"]) == ("solo", "1", "0")
+    assert row["processed"] == str(w["processed"])  # no task ran since the --json run
+    assert table_rows(human.stdout, "queue")[QUEUE] == {"queue": QUEUE, "ready": "0", "unacked": "0", "consumers": "1"}
 
 
-def test_status_without_workers_and_with_unreachable_broker(cli: CliRun, env: Env) -> None:
-    empty = f"mon-empty-{UID}"
-    runner = env.rabbit.runner()
-    runner.run("add_vhost", empty)
-    runner.run("set_permissions", "-p", empty, "guest", ".*", ".*", ".*")
-    try:
-        url = f"amqp://guest:guest@127.0.0.1:{env.rabbit.port}/{empty}"
-        r = cli("status", "--json", "--broker", url, env=env.cli_env())
-        assert r.returncode == 0, r.output
-        assert r.json()["workers"] == [] and r.json()["totals"]["workers"] == 0
-    finally:
-        runner.run("delete_vhost", empty, check=False)
+def test_status_without_workers_and_with_unreachable_broker(cli: CliRun, env: Env, make_vhost: VhostFactory) -> None:
+    r = cli("status", "--json", "--broker", make_vhost("mon-empty").url, env=env.cli_env())
+    assert r.returncode == 0, r.output
+    assert r.json()["workers"] == [] and r.json()["totals"]["workers"] == 0
     dead = f"amqp://guest:secret@127.0.0.1:{_free_port()}/x"
     r = cli("status", "--json", "--broker", dead, env=env.cli_env())
     assert r.returncode == 6, r.output
@@ -227,7 +211,8 @@ def test_queue_depths_match_messages_published_with_no_consumer(cli: CliRun, env
     missing = cli("queues", "--json", "-Q", f"nope.{UID}", "--broker", env.url)
     assert missing.json()["missing"] == [f"nope.{UID}"]
     human = cli("queues", "-A", MODULE, env=env.cli_env())
-    assert queue in human.stdout and "7" in human.stdout
+    assert human.returncode == 0, human.output
+    assert table_rows(human.stdout, "queue")[queue] == {"queue": queue, "ready": "7", "unacked": "0", "consumers": "0"}
 
 
 def test_purge_refuses_without_yes_then_removes_the_exact_count(cli: CliRun, env: Env) -> None:
@@ -241,7 +226,7 @@ def test_purge_refuses_without_yes_then_removes_the_exact_count(cli: CliRun, env
     assert queue_depth(env.url, queue).ready == 5  # nothing was removed
     r = cli("purge", queue, "--yes", "--json", "-A", MODULE, env=env.cli_env())
     assert r.returncode == 0, r.output
-    assert r.json() == {"ok": True, "queue": queue, "removed": 5, "vhost": VHOST}
+    assert r.json() == {"ok": True, "queue": queue, "removed": 5, "vhost": env.vhost}
     assert queue_depth(env.url, queue).ready == 0
     _declare_and_publish(env.url, queue, 2)
     human = cli("purge", queue, "--yes", "-A", MODULE, env=env.cli_env())
@@ -250,47 +235,24 @@ def test_purge_refuses_without_yes_then_removes_the_exact_count(cli: CliRun, env
     assert gone.returncode == 1 and "does not exist" in gone.stderr and "Traceback" not in gone.output
 
 
-def test_purge_asks_on_a_terminal(env: Env, tmp_path: Path) -> None:
+def test_purge_asks_on_a_terminal(env: Env, terminal: TerminalRun) -> None:
     """A real pseudo-terminal: answering n keeps the messages (exit 11), y removes them."""
-    import pty
-    import time
-
     from celeryctl.broker import queue_depth
 
     queue = f"mon.tty.{UID}"
     _declare_and_publish(env.url, queue, 3)
 
-    def run(answer: bytes) -> tuple[int, str]:
-        pid, fd = pty.fork()
-        if pid == 0:  # child: the real CLI on the terminal
-            os.chdir(tmp_path)
-            os.environ.update(
-                {"CELERYCTL_DATA_DIR": str(env.rabbit.data_dir), "PYTHONPATH": str(env.appdir), "COLUMNS": "200"}
-            )
-            os.execv(sys.executable, [sys.executable, "-m", "celeryctl", "purge", queue, "-A", MODULE])
-        out = b""
-        deadline = time.monotonic() + 30
-        answered = False
-        while time.monotonic() < deadline:
-            try:
-                chunk = os.read(fd, 1024)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-            if not answered and b"[y/N]" in out:
-                os.write(fd, answer + b"\n")
-                answered = True
-        _, status = os.waitpid(pid, 0)
-        os.close(fd)
-        return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+    def run(answer: str) -> tuple[int, str]:
+        term = terminal("purge", queue, "-A", MODULE, env=env.cli_env())
+        term.expect("[y/N]")
+        term.send(answer + "\n")
+        return term.wait(), term.text
 
-    code, out = run(b"n")
+    code, out = run("n")
     assert code == 11, out
     assert "3 ready message(s)" in out
     assert queue_depth(env.url, queue).ready == 3
-    code, out = run(b"y")
+    code, out = run("y")
     assert code == 0, out
     assert "removed 3 message(s)" in out
 
@@ -351,45 +313,13 @@ def test_top_prints_one_snapshot_when_not_a_terminal(cli: CliRun, env: Env, work
     assert dead.returncode == 6 and "Traceback" not in dead.output
 
 
-def test_top_live_on_a_terminal_quits_on_q(env: Env, worker: Worker, tmp_path: Path) -> None:
+def test_top_live_on_a_terminal_quits_on_q(env: Env, worker: Worker, terminal: TerminalRun) -> None:
     """The live dashboard on a real pseudo-terminal: it draws the worker, and q ends it with exit 0."""
-    import pty
-    import select
-    import time
-
-    pid, fd = pty.fork()
-    if pid == 0:  # child: the real CLI on the terminal
-        os.chdir(tmp_path)
-        os.environ.update(
-            {"CELERYCTL_DATA_DIR": str(env.rabbit.data_dir), "PYTHONPATH": str(env.appdir), "COLUMNS": "120"}
-        )
-        os.execv(sys.executable, [sys.executable, "-m", "celeryctl", "top", "-A", MODULE])
-    out = b""
-    sent = False
-    deadline = time.monotonic() + 40
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.1)
-            if ready:
-                try:
-                    chunk = os.read(fd, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                out += chunk
-            if not sent and worker.name.encode() in out and b"q quits" in out:
-                os.write(fd, b"q")
-                sent = True
-    finally:
-        if not sent:
-            os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-        os.close(fd)
-    text = out.decode(errors="replace")
-    assert sent, text[-2000:]
-    assert os.waitstatus_to_exitcode(status) == 0, text[-2000:]
-    assert "Traceback" not in text
+    term = terminal("top", "-A", MODULE, env=env.cli_env(COLUMNS="120"))
+    term.expect(worker.name, "q quits", timeout=40)
+    term.send("q")
+    assert term.wait() == 0, term.text[-2000:]
+    assert "Traceback" not in term.text
 
 
 class _Proxy:
@@ -472,7 +402,7 @@ def test_top_shows_a_lost_broker_connection_and_reconnects(env: Env, worker: Wor
 
     proxy = _Proxy(env.rabbit.port)
     proxy.up()
-    app = Celery("mon-proxy", broker=f"amqp://guest:guest@127.0.0.1:{proxy.port}/{VHOST}")
+    app = Celery("mon-proxy", broker=f"amqp://guest:guest@127.0.0.1:{proxy.port}/{env.vhost}")
     app.conf.broker_connection_retry_on_startup = False
     session = TopSession(app, _settings(env), refresh=0.5)
     session.start()
@@ -497,10 +427,10 @@ def test_top_shows_a_lost_broker_connection_and_reconnects(env: Env, worker: Wor
         proxy.down()
 
 
-def test_top_marks_a_dead_worker_offline_and_back_online(env: Env, tmp_path: Path) -> None:
+def test_top_marks_a_dead_worker_offline_and_back_online(env: Env, workers: Workers) -> None:
     from celeryctl.top import TopSession
 
-    w = Worker(env, f"mondie{UID}@{socket.gethostname()}", tmp_path / "w.log").start()
+    w = start_worker(workers, env, f"mondie{UID}@{socket.gethostname()}")
     session = TopSession(env.app, _settings(env), refresh=1.0)
     session.start()
     try:
@@ -516,7 +446,6 @@ def test_top_marks_a_dead_worker_offline_and_back_online(env: Env, tmp_path: Pat
         wait_for(lambda: state_of(w.name) is True, timeout=15, what="worker back online")
     finally:
         session.stop()
-        w.stop(signal.SIGKILL)
 
 
 def test_top_state_model_counts_and_expiry() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from celeryctl.errors import NodeError, NotInstalledError, PermissionDeniedError
 from celeryctl.rabbitmq.node import Node, pick_free_port
-from tests.conftest import CliRun, RabbitNode
+from tests.conftest import CliRun, RabbitNode, fake_bin
 
 
 def test_lifecycle_start_status_stop_restart(cli: CliRun, tmp_path: Path) -> None:
@@ -92,12 +92,7 @@ def test_start_when_rabbitmq_is_missing(cli: CliRun, tmp_path: Path) -> None:
 
 
 def test_failed_start_shows_the_log_tail_and_its_path(cli: CliRun, tmp_path: Path) -> None:
-    fake = tmp_path / "fake-bin"
-    fake.mkdir()
-    for tool in ("rabbitmq-server", "rabbitmqctl"):
-        script = fake / tool
-        script.write_text("#!/bin/sh\necho 'BOOT FAILED: {error,{eaddrinuse,25672}}'\nexit 1\n")
-        script.chmod(0o755)
+    fake = fake_bin(tmp_path / "fake-bin", "echo 'BOOT FAILED: {error,{eaddrinuse,25672}}'\nexit 1\n")
     env = {"CELERYCTL_RABBITMQ_BIN_DIR": str(fake), "CELERYCTL_DATA_DIR": str(tmp_path / "d")}
     r = cli("broker", "start", "--port", str(pick_free_port([], set())), env=env)
     assert r.returncode == 9

@@ -19,10 +19,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CliRun, RabbitNode, wait_for
+from tests.conftest import CliRun, RabbitNode, VhostFactory, wait_for
 
 UID = uuid.uuid4().hex[:8]
-VHOST = f"routed-{UID}"
 MODULE = f"routedapp_{UID}"
 QUEUE = "reports"
 
@@ -44,6 +43,7 @@ def report():
 class Env:
     rabbit: RabbitNode
     url: str
+    vhost: str
     appdir: Path
 
     def cli_env(self, *, own_node: bool) -> dict[str, str]:
@@ -55,13 +55,11 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-def env(rabbit: RabbitNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def env(rabbit: RabbitNode, make_vhost: VhostFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     from celeryctl.broker import queue_depth
 
-    runner = rabbit.runner()
-    runner.run("add_vhost", VHOST)
-    runner.run("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
-    url = f"amqp://guest:guest@127.0.0.1:{rabbit.port}/{VHOST}"
+    vhost = make_vhost("routed")
+    url = vhost.url
     appdir = tmp_path_factory.mktemp("routedapp")
     source = APP_SOURCE.format(module=MODULE, broker=url, task=f"{MODULE}.report", queue=QUEUE)
     (appdir / f"{MODULE}.py").write_text(source)
@@ -71,13 +69,12 @@ def env(rabbit: RabbitNode, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         app = importlib.import_module(MODULE).app
         app.send_task(f"{MODULE}.report")  # routed by task_routes: declares 'reports' and publishes to it
         wait_for(lambda: queue_depth(url, QUEUE).ready == 1, timeout=10, what="the routed task in 'reports'")
-        yield Env(rabbit, url, appdir)
+        yield Env(rabbit, url, vhost.name, appdir)
     finally:
         if app is not None:
             app.close()
         sys.path.remove(str(appdir))
         sys.modules.pop(MODULE, None)
-        runner.run("delete_vhost", VHOST, check=False)
 
 
 def _routed(queues: list[dict[str, Any]]) -> dict[str, Any]:
@@ -91,7 +88,7 @@ def test_status_lists_the_routed_queue(cli: CliRun, env: Env, own_node: bool, so
     r = cli("status", "--json", "-A", MODULE, env=env.cli_env(own_node=own_node))
     assert r.returncode == 0, r.output
     doc = r.json()
-    assert doc["queue_source"] == source and doc["vhost"] == VHOST
+    assert doc["queue_source"] == source and doc["vhost"] == env.vhost
     q = _routed(doc["queues"])
     assert (q["ready"], q["consumers"], q["messages"]) == (1, 0, 1)
     assert q["unacked"] == (0 if own_node else None)
@@ -105,7 +102,7 @@ def test_queues_lists_the_routed_queue(cli: CliRun, env: Env, own_node: bool, so
     r = cli("queues", "--json", "-A", MODULE, env=env.cli_env(own_node=own_node))
     assert r.returncode == 0, r.output
     doc = r.json()
-    assert doc["source"] == source and doc["vhost"] == VHOST and doc["missing"] == []
+    assert doc["source"] == source and doc["vhost"] == env.vhost and doc["missing"] == []
     q = _routed(doc["queues"])
     assert (q["ready"], q["unacked"], q["consumers"], q["messages"]) == (1, 0 if own_node else None, 0, 1)
 

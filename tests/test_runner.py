@@ -16,14 +16,14 @@ from celeryctl.errors import ExitCode, NotInstalledError, PermissionDeniedError,
 from celeryctl.rabbitmq import install, node
 from celeryctl.rabbitmq.ctl import Runner, run_program
 from celeryctl.rabbitmq.node import Node, pick_free_port
+from tests.conftest import fake_bin
 
-HANGS = "#!/bin/sh\nexec sleep 30\n"
+HANGS = "exec sleep 30\n"
 
 
-def fake(bin_dir: Path, name: str, script: str, mode: int = 0o755) -> Path:
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    path = bin_dir / name
-    path.write_text(script)
+def fake(bin_dir: Path, name: str, body: str, mode: int = 0o755) -> Path:
+    """One fake program (conftest's ``fake_bin``), with its mode."""
+    path = fake_bin(bin_dir, {name: body}) / name
     path.chmod(mode)
     return path
 
@@ -40,7 +40,7 @@ def test_a_program_that_hangs_is_killed_and_reported_as_a_timeout(tmp_path: Path
 
 
 def test_a_program_is_resolved_on_the_path_of_its_environment(tmp_path: Path) -> None:
-    fake(tmp_path / "bin", "hello", "#!/bin/sh\necho out; echo err >&2; exit 3\n")
+    fake(tmp_path / "bin", "hello", "echo out; echo err >&2; exit 3\n")
     result = run_program(["hello"], env={"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}, timeout=10)
     assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err\n")
     assert result.argv == [str(tmp_path / "bin" / "hello")]
@@ -53,7 +53,7 @@ def test_a_missing_program_is_not_installed_and_an_unexecutable_one_is_not_allow
     assert missing.value.message == "celeryctl-no-such-program not found on PATH"
     with pytest.raises(NotInstalledError):
         run_program([str(tmp_path / "absent")], timeout=5)
-    locked = fake(tmp_path / "bin", "locked", "#!/bin/sh\ntrue\n", mode=0o644)
+    locked = fake(tmp_path / "bin", "locked", "true\n", mode=0o644)
     with pytest.raises(PermissionDeniedError) as denied:
         run_program([str(locked)], timeout=5)
     assert denied.value.exit_code == 5
@@ -61,7 +61,7 @@ def test_a_missing_program_is_not_installed_and_an_unexecutable_one_is_not_allow
 
 
 def test_secrets_go_on_stdin_and_are_redacted_from_both_streams(tmp_path: Path) -> None:
-    prog = fake(tmp_path / "bin", "echoer", '#!/bin/sh\nread pw; echo "got $pw"; echo "bad $pw" >&2; exit 1\n')
+    prog = fake(tmp_path / "bin", "echoer", 'read pw; echo "got $pw"; echo "bad $pw" >&2; exit 1\n')
     result = run_program([str(prog)], stdin="s3cret\n", secrets=["s3cret"], timeout=10)
     assert result.returncode == 1
     assert (result.stdout, result.stderr) == ("got ****\n", "bad ****\n")
@@ -69,7 +69,7 @@ def test_secrets_go_on_stdin_and_are_redacted_from_both_streams(tmp_path: Path) 
 
 def test_output_to_a_file_does_not_wait_for_daemons_holding_the_streams(tmp_path: Path) -> None:
     # rabbitmq-server -detached leaves daemons behind that inherit its stdout and stderr.
-    prog = fake(tmp_path / "bin", "launcher", "#!/bin/sh\necho launched\n(exec sleep 5) &\nexit 0\n")
+    prog = fake(tmp_path / "bin", "launcher", "echo launched\n(exec sleep 5) &\nexit 0\n")
     log = tmp_path / "boot.log"
     started = time.monotonic()
     result = run_program([str(prog)], timeout=30, output=log)
@@ -79,7 +79,7 @@ def test_output_to_a_file_does_not_wait_for_daemons_holding_the_streams(tmp_path
 
 def test_a_rabbitmqctl_that_hangs_is_a_timeout_naming_the_command(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
-    fake(bin_dir, "rabbitmq-server", "#!/bin/sh\nexit 0\n")
+    fake(bin_dir, "rabbitmq-server", "exit 0\n")
     fake(bin_dir, "rabbitmqctl", HANGS)
     runner = Runner(bin_dir=bin_dir, timeout=1)
     with pytest.raises(TimeoutError_) as caught:
@@ -96,7 +96,7 @@ def test_broker_start_with_a_hanging_rabbitmq_server_exits_8_not_70(
 
     bin_dir = tmp_path / "bin"
     fake(bin_dir, "rabbitmq-server", HANGS)
-    fake(bin_dir, "rabbitmqctl", "#!/bin/sh\nexit 0\n")
+    fake(bin_dir, "rabbitmqctl", "exit 0\n")
     monkeypatch.setattr(node, "DETACH_TIMEOUT", 1.0)
     for key in [k for k in os.environ if k.startswith("CELERYCTL_")]:
         monkeypatch.delenv(key)

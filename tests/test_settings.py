@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from celeryctl.broker import mask_url
 from celeryctl.errors import ConfigError
-from celeryctl.settings import FALLBACK_BROKER_URL, load_settings, mask_url, save_settings
+from celeryctl.settings import FALLBACK_BROKER_URL, load_settings, save_settings
 
 
 def write(path: Path, text: str, mode: int = 0o600) -> Path:

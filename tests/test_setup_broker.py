@@ -17,13 +17,14 @@ from typing import Any
 
 import pytest
 
+from celeryctl.broker import url_password
 from celeryctl.probe import check_access
 from celeryctl.rabbitmq.apply import apply_plan
 from celeryctl.rabbitmq.ctl import find_bin_dir
 from celeryctl.rabbitmq.definitions import password_matches, read_state, read_state_parallel
 from celeryctl.rabbitmq.plan import Request, expected_access, plan_setup
-from celeryctl.settings import load_settings, url_password
-from tests.conftest import CliResult, CliRun, RabbitNode
+from celeryctl.settings import load_settings
+from tests.conftest import RABBITMQ_TOOLS, CliResult, CliRun, RabbitNode, TerminalRun, VhostFactory, fake_bin
 
 WRITE_VERBS = (
     "add_user",
@@ -78,7 +79,8 @@ class Shim:
         failures = dict(fail or {})
         if fail_on:
             failures[fail_on] = fail_code
-        for tool in ("rabbitmq-server", "rabbitmqctl"):
+        bodies = {}
+        for tool in RABBITMQ_TOOLS:
             body = ""
             if tool == "rabbitmqctl":
                 for verb, code in failures.items():
@@ -99,11 +101,8 @@ class Shim:
                     f'tee -a "{self.stdin_log}" | "{real / tool}" "$@"; rc=$?; echo >> "{self.stdin_log}"; '
                     "exit $rc;; esac\n"
                 )
-            script = directory / tool
-            script.write_text(
-                f'#!/bin/sh\nprintf "%s\\n" "{tool} $*" >> "{self.log}"\n{body}exec "{real / tool}" "$@"\n'
-            )
-            script.chmod(0o755)
+            bodies[tool] = f'printf "%s\\n" "{tool} $*" >> "{self.log}"\n{body}exec "{real / tool}" "$@"\n'
+        fake_bin(directory, bodies)
 
     def calls(self) -> list[str]:
         return [line for line in self.log.read_text().splitlines() if line.strip()]
@@ -167,6 +166,14 @@ def perms_of(rabbit: RabbitNode, user: str, vhost: str) -> dict[str, Any] | None
 
 def items(doc: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return {i["item"]: (i["action"], i["status"]) for i in doc["items"]}
+
+
+def table_row(text: str, item: str) -> list[str]:
+    """The cells of the row of a boxed table (as the human output prints it) whose first cell is ``item``."""
+    rows = [[c.strip() for c in line.strip().strip("│").split("│")] for line in text.splitlines() if "│" in line]
+    matches = [row for row in rows if row[0] == item]
+    assert len(matches) == 1, f"{len(matches)} rows for {item!r} in:\n{text}"
+    return matches[0]
 
 
 def ok_json(result: CliResult) -> dict[str, Any]:
@@ -470,9 +477,16 @@ def test_partial_failure_reports_applied_steps_and_rerun_converges(
     # The import, then one more read to see what the node has.
     assert [c.split()[3] for c in failing.calls()] == ["export_definitions", "import_definitions", "export_definitions"]
 
-    human = cli(*args, env=bad_env, input=pw)
+    human = cli(*args, env=bad_env, input=pw)  # the rest is there now: only the permissions are left to import
     assert human.returncode == 1 and "Traceback" not in human.output
-    assert "not applied: permissions" in human.stderr and "what was applied" in human.stderr
+    lines = human.stderr.splitlines()
+    assert "the import failed: reading the node again to see what was applied" in lines
+    assert "what was applied before the failure" in lines
+    assert table_row(human.stderr, "permissions")[-1] == "not applied"
+    assert (
+        f"error: rabbitmqctl -n {rabbit.name} failed: simulated failure of the import midway "
+        "(applied: nothing; not applied: permissions)"
+    ) in lines
 
     doc = ok_json(cli(*args, "--json", env=env, input=pw))
     assert items(doc) == {
@@ -522,15 +536,12 @@ def test_failed_import_on_an_unreadable_node_is_unknown(rabbit: RabbitNode) -> N
     assert [c[0] for c in runner.calls] == ["import_definitions", "export_definitions"]
 
 
-def test_import_touches_nothing_outside_the_plan(rabbit: RabbitNode) -> None:
+def test_import_touches_nothing_outside_the_plan(rabbit: RabbitNode, make_vhost: VhostFactory) -> None:
     """Other users (guest included), vhosts, permissions, limits and the user's own hash stay as they were."""
     runner = rabbit.runner()
-    user, bystander = unique("u"), unique("b")
-    vhost_a, vhost_b, vhost_new = unique("va"), unique("vb"), unique("vn")
-    for name in (user, bystander):
-        runner.run("add_user", "--", name, stdin="pw-" + name + "\n")
-    runner.run("add_vhost", vhost_a)
-    runner.run("add_vhost", vhost_b)
+    user, bystander = make_vhost.user("u").name, make_vhost.user("b").name
+    vhost_a, vhost_b = make_vhost("va", guest=False).name, make_vhost("vb", guest=False).name
+    vhost_new = unique("vn")
     runner.run("set_permissions", "-p", vhost_a, "--", user, "^a", "^a", "^a")
     runner.run("set_permissions", "-p", vhost_b, "--", user, "^b", "^b", "^b")
     runner.run("set_permissions", "-p", vhost_a, "--", bystander, ".*", "", ".*")
@@ -581,9 +592,18 @@ def test_fallback_writes_report_a_partial_failure_per_step(
     assert not any("import_definitions" in c for c in failing.calls())
     assert user_of(rabbit, user) is not None and perms_of(rabbit, user, vhost) is None
 
-    human = cli(*args, env=bad_env, input=pw)
+    human = cli(*args, env=bad_env, input=pw)  # user and vhost are there now: only the permissions fail
     assert human.returncode == 1 and "Traceback" not in human.output
-    assert "applied" in human.stderr and "failed" in human.stderr
+    lines = human.stderr.splitlines()
+    assert "what was applied before the failure" in lines
+    assert table_row(human.stderr, "permissions") == [
+        "permissions", "create", "(absent)", "configure='.*' write='.*' read='.*'", "failed",
+    ]  # fmt: skip
+    assert table_row(human.stderr, "user")[-1] == "unchanged"
+    assert (
+        f"error: rabbitmqctl -n {rabbit.name} failed: simulated failure of set_permissions "
+        "(applied: nothing; not applied: set_permissions)"
+    ) in lines
     assert ok_json(cli(*args, "--json", env=env, input=pw))["verification"]["ok"] is True
 
 
@@ -678,16 +698,6 @@ rabbit@vm:
 """
 
 
-def fake_bin(directory: Path, stderr: str, code: int) -> Path:
-    directory.mkdir(parents=True)
-    (directory / "msg").write_text(stderr)
-    for tool in ("rabbitmq-server", "rabbitmqctl"):
-        p = directory / tool
-        p.write_text(f'#!/bin/sh\ncat "{directory / "msg"}" >&2\nexit {code}\n')
-        p.chmod(0o755)
-    return directory
-
-
 @pytest.mark.parametrize(
     ("stderr", "code", "exit_code", "needle"),
     [
@@ -699,7 +709,8 @@ def fake_bin(directory: Path, stderr: str, code: int) -> Path:
 def test_not_allowed_fake_rabbitmqctl(
     cli: CliRun, rabbit: RabbitNode, tmp_path: Path, stderr: str, code: int, exit_code: int, needle: str
 ) -> None:
-    fake = fake_bin(tmp_path / "fake", stderr, code)
+    (tmp_path / "msg").write_text(stderr)
+    fake = fake_bin(tmp_path / "fake", f'cat "{tmp_path / "msg"}" >&2\nexit {code}\n')
     # No celeryctl node in the isolated data dir: the "system node" is the target. An epmd must
     # answer (a node that runs has one), or celeryctl says "not running" before calling the fake.
     env = {"CELERYCTL_RABBITMQ_BIN_DIR": str(fake), "ERL_EPMD_PORT": str(rabbit.info.epmd_port)}
@@ -775,48 +786,21 @@ def test_node_from_the_environment(cli: CliRun, rabbit: RabbitNode) -> None:
     assert env["CELERYCTL_NODE"] in err["message"]
 
 
-def test_delete_asks_on_a_terminal(rabbit: RabbitNode, env: dict[str, str], isolated_env: dict[str, str]) -> None:
-    import pty
-    import subprocess
-    import sys
+def test_delete_asks_on_a_terminal(
+    rabbit: RabbitNode, env: dict[str, str], make_vhost: VhostFactory, terminal: TerminalRun
+) -> None:
+    user, vhost = unique("u"), make_vhost("v", guest=False).name
 
-    user, vhost = unique("u"), unique("v")
-    runner = rabbit.runner()
-    runner.run("add_vhost", vhost)
+    def delete_with_answer(answer: str) -> tuple[int, str]:
+        term = terminal("setup-broker", "--delete", "--user", user, "--vhost", vhost, env=env)
+        term.expect("[y/N]")
+        term.send(answer)
+        return term.wait(timeout=60), term.text
 
-    def delete_with_answer(answer: bytes) -> tuple[int, str]:
-        master, slave = pty.openpty()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celeryctl", "setup-broker", "--delete", "--user", user, "--vhost", vhost],
-            stdin=slave,
-            stdout=subprocess.PIPE,
-            stderr=slave,
-            env={**isolated_env, **env},
-        )
-        os.close(slave)
-        seen = b""
-        while b"[y/N]" not in seen:
-            try:
-                chunk = os.read(master, 1024)
-            except OSError:
-                break
-            if not chunk:
-                break
-            seen += chunk
-        os.write(master, answer)
-        proc.communicate(timeout=60)
-        try:
-            while chunk := os.read(master, 1024):
-                seen += chunk
-        except OSError:
-            pass
-        os.close(master)
-        return proc.returncode, seen.decode(errors="replace")
-
-    code, screen = delete_with_answer(b"n\n")
+    code, screen = delete_with_answer("n\n")
     assert code == 11 and "Delete user" in screen and "Traceback" not in screen
     assert vhost in {v["name"] for v in definitions(rabbit)["vhosts"]}
-    code, screen = delete_with_answer(b"y\n")
+    code, screen = delete_with_answer("y\n")
     assert code == 0, screen
     assert vhost not in {v["name"] for v in definitions(rabbit)["vhosts"]}
 

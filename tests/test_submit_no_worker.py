@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from tests.conftest import CliRun, RabbitNode
@@ -12,9 +13,17 @@ def test_wait_on_a_queue_without_consumers_warns(cli: CliRun, rabbit: RabbitNode
     env = {"CELERYCTL_BROKER_URL": rabbit.url}
     r = cli("submit", "add", "1", "2", "--queue", queue, "--wait", "--timeout", "1", env=env)
     assert r.returncode == 8, r.output  # the timeout's exit code
-    assert f"no worker consumes queue '{queue}'" in r.stderr
-    assert f"celeryctl worker -Q {queue}" in r.stderr
-    assert "may still be running" in r.stderr or "still" in r.stderr
+    assert r.stderr.splitlines()[0] == (
+        f"warning: no worker consumes queue '{queue}' yet: the task waits there until one starts "
+        f"(celeryctl worker -Q {queue}); Ctrl-C stops waiting and leaves it queued"
+    )
+    task_id = re.search(r"celeryctl\.demo\.add\[([0-9a-f-]{36})\]", r.stderr)
+    assert task_id, r.stderr
+    assert r.stderr.splitlines()[-2:] == [
+        f"error: task celeryctl.demo.add[{task_id[1]}] did not finish within 1 s (last state PENDING); "
+        "it may still be running",
+        f"hint: wait longer with --timeout, or check later with the id {task_id[1]}",
+    ]
     assert "Traceback" not in r.output
     # the task was submitted and still waits in the queue
     queues = {q["name"]: q for q in rabbit.runner().json("list_queues", "name", "messages", "consumers")}

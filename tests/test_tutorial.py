@@ -5,7 +5,8 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from celeryctl.settings import load_settings, url_password
+from celeryctl.broker import url_password
+from celeryctl.settings import load_settings
 from tests.conftest import CliRun, RabbitNode
 
 
