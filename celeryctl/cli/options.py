@@ -87,3 +87,59 @@ def resolve(config: Path | None = None, **flags: Any) -> Settings:
     for message in settings.warnings:
         render.warn(message)
     return settings
+
+
+# --------------------------------------------------------------------------- value parsers
+# Typer ``parser=`` callables built on celeryctl.validate: a bad value is a usage error (exit 2)
+# naming the flag's value, raised before anything runs.
+
+
+def _bad_parameter(exc: Exception) -> typer.BadParameter:
+    from celeryctl.errors import CeleryctlError
+
+    if isinstance(exc, CeleryctlError) and exc.hint:
+        return typer.BadParameter(f"{exc.message} ({exc.hint})")
+    return typer.BadParameter(str(exc))
+
+
+def seconds_parser(*, minimum: float = 0.0, allow_zero: bool = True) -> Any:
+    """A parser for a duration option: a finite number of seconds, at least ``minimum``."""
+    from celeryctl import validate
+    from celeryctl.errors import UsageError
+
+    def parse(value: str | float) -> float:
+        if isinstance(value, float):  # a default
+            return value
+        try:
+            return validate.seconds(value, "the value", minimum=minimum, allow_zero=allow_zero)
+        except UsageError as exc:
+            raise _bad_parameter(exc) from None
+
+    return parse
+
+
+def port_parser(*, low: int = 1, high: int = 65535) -> Any:
+    """A parser for a port option: an integer from ``low`` to ``high``."""
+    from celeryctl import validate
+    from celeryctl.errors import UsageError
+
+    def parse(value: str | int) -> int:
+        if isinstance(value, int):  # a default
+            return value
+        try:
+            return validate.port(value, "the port", low=low, high=high)
+        except UsageError as exc:
+            raise _bad_parameter(exc) from None
+
+    return parse
+
+
+def parse_queue_name(value: str) -> str:
+    """A parser for a queue-name option (``-Q``): non-empty, at most 255 bytes."""
+    from celeryctl import validate
+    from celeryctl.errors import UsageError
+
+    try:
+        return validate.queue_name(value)
+    except UsageError as exc:
+        raise _bad_parameter(exc) from None
