@@ -5,11 +5,13 @@ the few helpers that build or mask URLs.  Nothing else in celeryctl splits a URL
 from __future__ import annotations
 
 import ipaddress
+import math
+import re
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 from celeryctl.errors import ConfigError
 
@@ -22,6 +24,14 @@ DEFAULT_PORT = DEFAULT_PORTS["amqp"]
 MANAGEMENT_PORT = 15672
 URL_HINT = "use amqp://USER:PASSWORD@HOST:PORT/VHOST"
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+MAX_HOST_BYTES, MAX_LABEL_BYTES = 253, 63  # RFC 1035
+# Underscores are not DNS, but /etc/hosts and container networks resolve them.
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?", re.IGNORECASE)
+# The query options kombu's Connection takes from a broker URL (any other one is a TypeError in
+# kombu), plus every ``ssl_*`` option, which kombu folds into ``ssl``.
+QUERY_OPTIONS = ("heartbeat", "connect_timeout", "ssl", "login_method", "insist")
+SSL_CERT_REQS = ("CERT_REQUIRED", "CERT_OPTIONAL", "CERT_NONE", "required", "optional", "none")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 # --------------------------------------------------------------------------- hosts
@@ -45,7 +55,82 @@ def is_this_machine(host: str) -> bool:
     return host.lower() in (name, name.split(".")[0])
 
 
+def _shown(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` (as a URL gives it, without brackets) cannot be a broker's host, or None."""
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"'{_shown(host)}' is not a valid IPv6 address"
+        return None
+    name = host[:-1] if host.endswith(".") else host
+    labels = name.split(".")
+    if all(label.isdigit() for label in labels):
+        try:
+            ipaddress.IPv4Address(name)
+        except ValueError:
+            return f"'{_shown(host)}' is not a valid IPv4 address"
+        return None
+    encoded: list[str] = []
+    for label in labels:
+        if not label:
+            return f"'{_shown(host)}' has an empty label (two dots in a row, or a leading dot)"
+        try:  # the form a resolver is given (punycode for a name that is not ASCII)
+            ascii_label = label if label.isascii() else label.encode("idna").decode("ascii")
+        except UnicodeError:
+            return f"'{_shown(host)}' is not a valid host name"
+        if len(ascii_label) > MAX_LABEL_BYTES:
+            return f"the label '{_shown(label)}' is {len(ascii_label)} bytes long, the limit is {MAX_LABEL_BYTES}"
+        if not _LABEL.fullmatch(ascii_label):
+            return f"'{_shown(host)}' is not a valid host name (letters, digits, '-' and '.' only)"
+        encoded.append(ascii_label)
+    size = len(".".join(encoded))
+    if size > MAX_HOST_BYTES:
+        return f"the host name is {size} bytes long, the limit is {MAX_HOST_BYTES}"
+    return None
+
+
+def query_problem(key: str, value: str) -> str | None:
+    """Why kombu (which Celery uses) would fail on, or misread, the URL query option ``key=value``."""
+    shown = f"?{key}={_shown(value)}"
+    if key.startswith("ssl_"):
+        if key == "ssl_cert_reqs" and value not in SSL_CERT_REQS:
+            return f"{shown} must be one of {', '.join(SSL_CERT_REQS)}"
+        return None
+    if key not in QUERY_OPTIONS:
+        return f"?{key}= is not an option kombu knows (known: {', '.join(QUERY_OPTIONS)}, ssl_*)"
+    if key in ("heartbeat", "connect_timeout"):
+        try:
+            number = float(value)
+        except ValueError:
+            return f"{shown} is not a number of seconds"
+        if not math.isfinite(number) or number < 0 or (key == "connect_timeout" and number == 0):
+            bound = "more than 0" if key == "connect_timeout" else "0 or more"
+            return f"{shown} must be a finite number of seconds, {bound}"
+    if key == "ssl":
+        if value.lower() in _FALSE:
+            return f"{shown} would turn TLS on (kombu reads any value as on): drop ?ssl= for a plain connection"
+        if value.lower() not in _TRUE:
+            return f"{shown} must be true or 1 (or use amqps://)"
+    return None
+
+
 # --------------------------------------------------------------------------- URLs
+
+
+def _port(netloc: str, where: str) -> int | None:
+    """The port of a URL's network location, or None; :class:`ConfigError` when it is not a number."""
+    hostport = netloc.rsplit("@", 1)[-1]
+    _, colon, text = hostport.rpartition("]")[2].rpartition(":")
+    if not colon or text == "":
+        return None
+    if not (text.isascii() and text.isdigit()):
+        raise ConfigError(f"broker URL{where} has port '{_shown(text)}', not a number", "use a port from 1 to 65535")
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -86,9 +171,11 @@ class BrokerUrl:
         for url in urls:
             try:
                 parts = urlsplit(url)
-                port = parts.port
-            except ValueError as exc:
+            except ValueError as exc:  # unbalanced brackets, a bad IPv6 literal
                 raise ConfigError(f"broker URL{where} is invalid: {exc}", URL_HINT) from None
+            port = _port(parts.netloc, where)
+            if port is not None and not 1 <= port <= 65535:
+                raise ConfigError(f"broker URL{where} has port {port}, out of range", "use a port from 1 to 65535")
             if parts.scheme not in SCHEMES:
                 raise ConfigError(
                     f"broker URL{where} has scheme '{parts.scheme or '(none)'}', expected amqp:// or amqps://",
@@ -96,6 +183,15 @@ class BrokerUrl:
                 )
             if not parts.hostname:
                 raise ConfigError(f"broker URL{where} has no host", URL_HINT)
+            problem = host_problem(parts.hostname)
+            if problem is not None:
+                raise ConfigError(f"broker URL{where} has an invalid host: {problem}", URL_HINT)
+            for key, val in parse_qsl(parts.query, keep_blank_values=True):
+                problem = query_problem(key, val)
+                if problem is not None:
+                    raise ConfigError(
+                        f"broker URL{where} has an invalid option: {problem}", URL_HINT, details={"option": key}
+                    )
             hosts.append(Host(parts.hostname, port or DEFAULT_PORTS[parts.scheme]))
             first = first or parts
         assert first is not None
@@ -153,8 +249,11 @@ class BrokerUrl:
         import pika
 
         # kombu reads the vhost as everything after the first slash ("//" is "/"); pika wants it quoted.
+        # The query is kombu's (connect_timeout, ssl_*: unknown to pika, which raises on them); the
+        # timeouts below replace it.
         parts = urlsplit(self.url.replace("pyamqp://", "amqp://", 1))
-        params = pika.URLParameters(urlunsplit(parts._replace(path="/" + quote(self.vhost, safe=""))))
+        bare = parts._replace(path="/" + quote(self.vhost, safe=""), query="", fragment="")
+        params = pika.URLParameters(urlunsplit(bare))
         params.socket_timeout = timeout
         params.blocked_connection_timeout = timeout
         params.stack_timeout = timeout * 2
