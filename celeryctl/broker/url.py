@@ -28,8 +28,10 @@ MAX_HOST_BYTES, MAX_LABEL_BYTES = 253, 63  # RFC 1035
 # Underscores are not DNS, but /etc/hosts and container networks resolve them.
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?", re.IGNORECASE)
 # The query options kombu's Connection takes from a broker URL (any other one is a TypeError in
-# kombu), plus every ``ssl_*`` option, which kombu folds into ``ssl``.
-QUERY_OPTIONS = ("heartbeat", "connect_timeout", "ssl", "login_method", "insist")
+# kombu), plus every ``ssl_*`` option, which kombu folds into ``ssl``.  kombu takes
+# ``connect_timeout`` too, but passes it on as text: every connection then fails (TypeError).
+QUERY_OPTIONS = ("heartbeat", "ssl", "login_method", "insist")
+LOGIN_METHODS = ("AMQPLAIN", "PLAIN", "EXTERNAL", "GSSAPI")  # py-amqp's; any other is a ValueError
 SSL_CERT_REQS = ("CERT_REQUIRED", "CERT_OPTIONAL", "CERT_NONE", "required", "optional", "none")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -101,16 +103,19 @@ def query_problem(key: str, value: str) -> str | None:
         if key == "ssl_cert_reqs" and value not in SSL_CERT_REQS:
             return f"{shown} must be one of {', '.join(SSL_CERT_REQS)}"
         return None
+    if key == "connect_timeout":
+        return f"{shown} reaches the connection as text and breaks it; drop it (Celery's broker_connection_timeout sets it)"
     if key not in QUERY_OPTIONS:
         return f"?{key}= is not an option kombu knows (known: {', '.join(QUERY_OPTIONS)}, ssl_*)"
-    if key in ("heartbeat", "connect_timeout"):
+    if key == "heartbeat":
         try:
             number = float(value)
         except ValueError:
             return f"{shown} is not a number of seconds"
-        if not math.isfinite(number) or number < 0 or (key == "connect_timeout" and number == 0):
-            bound = "more than 0" if key == "connect_timeout" else "0 or more"
-            return f"{shown} must be a finite number of seconds, {bound}"
+        if not math.isfinite(number) or number < 0:
+            return f"{shown} must be a finite number of seconds, 0 or more"
+    if key == "login_method" and value not in LOGIN_METHODS:
+        return f"{shown} must be one of {', '.join(LOGIN_METHODS)}"
     if key == "ssl":
         if value.lower() in _FALSE:
             return f"{shown} would turn TLS on (kombu reads any value as on): drop ?ssl= for a plain connection"
@@ -120,6 +125,24 @@ def query_problem(key: str, value: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- URLs
+
+
+def _query_turns_tls_on(text: str, where: str) -> bool:
+    """Check a URL's query as kombu reads it (:class:`ConfigError` naming the option); does it
+    turn TLS on (``?ssl=1``, any ``ssl_*``)?"""
+    query = dict(parse_qsl(text, keep_blank_values=True))
+    for key, val in query.items():
+        problem = query_problem(key, val)
+        if problem is not None:
+            raise ConfigError(f"broker URL{where} has an invalid option: {problem}", URL_HINT, details={"option": key})
+    ssl_keys = [k for k in query if k.startswith("ssl_")]
+    if "ssl" in query and ssl_keys:  # kombu would set an item of the string "1"
+        raise ConfigError(
+            f"broker URL{where} has an invalid option: ?ssl= cannot be combined with ?{ssl_keys[0]}=",
+            "drop ?ssl=: the ssl_* options turn TLS on by themselves",
+            details={"option": "ssl"},
+        )
+    return "ssl" in query or bool(ssl_keys)
 
 
 def _port(netloc: str, where: str) -> int | None:
@@ -157,6 +180,7 @@ class BrokerUrl:
     user: str
     password: str | None
     vhost: str
+    ssl_option: bool = False  # ``?ssl=1``: kombu connects with TLS, as for amqps://
 
     @classmethod
     def parse(cls, value: str | Sequence[str], source: str = "") -> BrokerUrl:
@@ -168,6 +192,7 @@ class BrokerUrl:
             raise ConfigError(f"broker URL{where} is empty", URL_HINT)
         hosts: list[Host] = []
         first = None
+        ssl_option = False
         for url in urls:
             try:
                 parts = urlsplit(url)
@@ -186,14 +211,10 @@ class BrokerUrl:
             problem = host_problem(parts.hostname)
             if problem is not None:
                 raise ConfigError(f"broker URL{where} has an invalid host: {problem}", URL_HINT)
-            for key, val in parse_qsl(parts.query, keep_blank_values=True):
-                problem = query_problem(key, val)
-                if problem is not None:
-                    raise ConfigError(
-                        f"broker URL{where} has an invalid option: {problem}", URL_HINT, details={"option": key}
-                    )
-            hosts.append(Host(parts.hostname, port or DEFAULT_PORTS[parts.scheme]))
-            first = first or parts
+            tls = _query_turns_tls_on(parts.query, where) or parts.scheme == "amqps"
+            hosts.append(Host(parts.hostname, port or DEFAULT_PORTS["amqps" if tls else parts.scheme]))
+            if first is None:
+                first, ssl_option = parts, tls and parts.scheme != "amqps"
         assert first is not None
         return cls(
             raw=value if isinstance(value, str) else ";".join(urls),
@@ -203,6 +224,7 @@ class BrokerUrl:
             user=unquote(first.username or "guest"),
             password=unquote(first.password) if first.password is not None else None,
             vhost=unquote(first.path[1:]) if len(first.path) > 1 else "/",
+            ssl_option=ssl_option,
         )
 
     @property
@@ -220,7 +242,7 @@ class BrokerUrl:
 
     @property
     def tls(self) -> bool:
-        return self.scheme == "amqps"
+        return self.scheme == "amqps" or self.ssl_option
 
     @property
     def masked(self) -> str:
@@ -249,10 +271,12 @@ class BrokerUrl:
         import pika
 
         # kombu reads the vhost as everything after the first slash ("//" is "/"); pika wants it quoted.
-        # The query is kombu's (connect_timeout, ssl_*: unknown to pika, which raises on them); the
+        # The query is kombu's (ssl_*, login_method: unknown to pika, which raises on them); the
         # timeouts below replace it.
-        parts = urlsplit(self.url.replace("pyamqp://", "amqp://", 1))
-        bare = parts._replace(path="/" + quote(self.vhost, safe=""), query="", fragment="")
+        parts = urlsplit(self.url)
+        bare = parts._replace(
+            scheme="amqps" if self.tls else "amqp", path="/" + quote(self.vhost, safe=""), query="", fragment=""
+        )
         params = pika.URLParameters(urlunsplit(bare))
         params.socket_timeout = timeout
         params.blocked_connection_timeout = timeout
