@@ -134,7 +134,11 @@ def _query_turns_tls_on(text: str, where: str) -> bool:
     for key, val in query.items():
         problem = query_problem(key, val)
         if problem is not None:
-            raise ConfigError(f"broker URL{where} has an invalid option: {problem}", URL_HINT, details={"option": key})
+            raise ConfigError(
+                f"broker URL{where} has an invalid option: {problem}",
+                f"fix or drop ?{key}= (kombu reads the query as options of its Connection)",
+                details={"option": key},
+            )
     ssl_keys = [k for k in query if k.startswith("ssl_")]
     if "ssl" in query and ssl_keys:  # kombu would set an item of the string "1"
         raise ConfigError(
@@ -143,17 +147,6 @@ def _query_turns_tls_on(text: str, where: str) -> bool:
             details={"option": "ssl"},
         )
     return "ssl" in query or bool(ssl_keys)
-
-
-def _port(netloc: str, where: str) -> int | None:
-    """The port of a URL's network location, or None; :class:`ConfigError` when it is not a number."""
-    hostport = netloc.rsplit("@", 1)[-1]
-    _, colon, text = hostport.rpartition("]")[2].rpartition(":")
-    if not colon or text == "":
-        return None
-    if not (text.isascii() and text.isdigit()):
-        raise ConfigError(f"broker URL{where} has port '{_shown(text)}', not a number", "use a port from 1 to 65535")
-    return int(text)
 
 
 @dataclass(frozen=True)
@@ -196,11 +189,11 @@ class BrokerUrl:
         for url in urls:
             try:
                 parts = urlsplit(url)
-            except ValueError as exc:  # unbalanced brackets, a bad IPv6 literal
+                port = parts.port
+            except ValueError as exc:  # unbalanced brackets, a bad IPv6 literal, a port out of range
                 raise ConfigError(f"broker URL{where} is invalid: {exc}", URL_HINT) from None
-            port = _port(parts.netloc, where)
-            if port is not None and not 1 <= port <= 65535:
-                raise ConfigError(f"broker URL{where} has port {port}, out of range", "use a port from 1 to 65535")
+            if port == 0:  # urlsplit allows it; kombu would silently use the default port instead
+                raise ConfigError(f"broker URL{where} is invalid: Port 0 is out of range 1-65535", URL_HINT)
             if parts.scheme not in SCHEMES:
                 raise ConfigError(
                     f"broker URL{where} has scheme '{parts.scheme or '(none)'}', expected amqp:// or amqps://",
