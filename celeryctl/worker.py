@@ -250,6 +250,8 @@ def run(app: Celery, plan: WorkerPlan) -> int:
         return run_celery(app, ["--quiet", *plan.argv])
     except ClickException as exc:  # Celery's own click, for options after "--"
         raise UsageError(f"celery worker: {exc.format_message()}", "see: celery worker --help") from None
+    except OSError as exc:  # a file named after "--" (--pidfile, --statedb, --logfile) that cannot be opened
+        raise WorkerError(f"celery worker could not start: {exc}", "check the paths given after --") from None
 
 
 # --------------------------------------------------------------------------- a worker in the background

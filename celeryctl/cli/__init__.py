@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -96,13 +99,30 @@ def _report(exc: CeleryctlError, as_json: bool) -> None:
         render.print_error(exc.message, exc.hint, [str(x) for x in tail] if isinstance(tail, list) else None)
 
 
+def _watch_ctrl_c() -> threading.Event:
+    """Note every SIGINT (still raised as KeyboardInterrupt), so main() can tell typer's silent 130 apart."""
+    seen = threading.Event()
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when SIGINT is ignored
+
+        def on_sigint(signum: int, frame: FrameType | None) -> None:
+            seen.set()
+            signal.default_int_handler(signum, frame)
+
+        signal.signal(signal.SIGINT, on_sigint)
+    return seen
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and map every outcome to one exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     as_json = _wants_json(args)
+    ctrl_c = _watch_ctrl_c()
     try:
         rv = app(args=args, prog_name="celeryctl", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
+        if code == ExitCode.INTERRUPTED and ctrl_c.is_set():
+            # typer turns a Ctrl-C that no command caught into a plain 130, with nothing said.
+            _report(InterruptedError_("stopped by Ctrl-C", None), as_json)
     except CeleryctlError as exc:
         _report(exc, as_json)
         if _debug():
