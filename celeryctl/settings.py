@@ -261,8 +261,9 @@ def _check_node(node: str, source: str) -> None:
     from celeryctl.errors import UsageError
     from celeryctl.rabbitmq.ctl import check_node_name
 
+    kind, _, where = source.partition(" ")
     try:
-        check_node_name(node, f"node (from {source})")
+        check_node_name(node, where if kind in ("flag", "env") else f"node in {where}")
     except UsageError as exc:
         if source.startswith("flag"):
             raise
