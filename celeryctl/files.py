@@ -61,12 +61,17 @@ def _os_error(path: Path, exc: OSError, doing: str) -> CeleryctlError:
     )
 
 
+def refuse_symlink(path: Path) -> None:
+    """Raise the one-line refusal when ``path`` is a symbolic link (before reading what it points to)."""
+    if Path(path).is_symlink():
+        raise _symlink_error(Path(path))
+
+
 def write_file(path: Path, data: bytes | str, *, mode: int = PRIVATE_FILE) -> Path:
     """Write ``data`` to ``path`` atomically with ``mode`` (default 0600); never follow a link."""
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    if path.is_symlink():
-        raise _symlink_error(path)
+    refuse_symlink(path)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
@@ -81,8 +86,7 @@ def write_file(path: Path, data: bytes | str, *, mode: int = PRIVATE_FILE) -> Pa
             os.fsync(fd)
         finally:
             os.close(fd)
-        if path.is_symlink():  # planted while we wrote: still refuse
-            raise _symlink_error(path)
+        refuse_symlink(path)  # planted while we wrote: still refuse
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

@@ -373,11 +373,12 @@ def save_settings(path: Path, updates: Mapping[str, str]) -> Path:
     The file is replaced atomically (:func:`celeryctl.files.write_file`: never through a
     symbolic link), and only when the result parses with every key once and as given.
     """
-    from celeryctl.files import write_file
+    from celeryctl.files import refuse_symlink, write_file
 
     for key in updates:
         if key not in KEYS:
             raise ValueError(f"unknown settings key {key!r}")
+    refuse_symlink(path)
     try:
         text = path.read_text(encoding="utf-8") if path.exists() else ""
     except (OSError, UnicodeDecodeError) as exc:
