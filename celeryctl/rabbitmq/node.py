@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from celeryctl.broker import DEFAULT_PORT, MANAGEMENT_PORT, build_amqp_url
-from celeryctl.errors import CeleryctlError, NodeError, NotInstalledError, TimeoutError_, UnreachableError
+from celeryctl.errors import CeleryctlError, ConfigError, NodeError, NotInstalledError, TimeoutError_, UnreachableError
 from celeryctl.files import private_dir, write_file
 from celeryctl.probe import amqp_handshake, port_is_free
 from celeryctl.rabbitmq.ctl import BIN_DIR_ENV, Runner, installed_version, require_bin_dir, run_program
@@ -223,8 +223,14 @@ class Node:
     # ----------------------------------------------------------------- start / stop
     def _prepare(self, info: NodeInfo, management: bool) -> None:
         # The data directory holds the demo's log and the node's cookie: its owner's only.
-        for d in (self.dir.parent, self.dir, self.home, self.log_dir, self.dir / "mnesia"):
-            private_dir(d)
+        try:
+            for d in (self.dir.parent, self.dir, self.home, self.log_dir, self.dir / "mnesia"):
+                private_dir(d)
+        except ConfigError as exc:  # not a directory, no room: a permission problem keeps its exit 5
+            raise NodeError(
+                f"cannot use {self.dir} for the node ({exc.message})",
+                "choose another directory with --data-dir (or CELERYCTL_DATA_DIR)",
+            ) from None
         cookie = self.home / ".erlang.cookie"
         if not cookie.exists():
             write_file(cookie, "".join(secrets.choice(string.ascii_uppercase) for _ in range(32)), mode=0o400)
