@@ -9,7 +9,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from celeryctl.errors import NodeError, NotInstalledError, PermissionDeniedError
+from celeryctl.errors import NotInstalledError, PermissionDeniedError, UsageError
 from celeryctl.rabbitmq.node import Node, pick_free_port
 from tests.conftest import CliRun, RabbitNode, fake_bin
 
@@ -68,7 +68,7 @@ def test_lifecycle_start_status_stop_restart(cli: CliRun, tmp_path: Path) -> Non
 
 def test_start_on_a_taken_port_names_it_and_suggests_another(cli: CliRun, tmp_path: Path) -> None:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("127.0.0.1", pick_free_port([], set())))  # in the node's range (0 would pick an ephemeral port)
         s.listen()
         port = s.getsockname()[1]
         r = cli("broker", "start", "--port", str(port), env={"CELERYCTL_DATA_DIR": str(tmp_path / "d")})
@@ -125,7 +125,7 @@ def test_session_node_is_private(rabbit: RabbitNode) -> None:
     assert rabbit.port < 32768
     users = rabbit.runner().json("list_users")
     assert {"user": "guest", "tags": ["administrator"]} in users
-    with pytest.raises(NodeError, match="not a valid TCP port"):
+    with pytest.raises(UsageError, match="out of range"):
         Node(rabbit.node.dir.parent / "other").start(0)
 
 

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from celeryctl import validate
 from celeryctl.broker import DEFAULT_PORT, MANAGEMENT_PORT, build_amqp_url
 from celeryctl.errors import CeleryctlError, ConfigError, NodeError, NotInstalledError, TimeoutError_, UnreachableError
 from celeryctl.files import private_dir, write_file
@@ -268,10 +269,7 @@ class Node:
         previous = self.read_state()
         if port is None:
             port = previous.port if previous else DEFAULT_PORT
-        if not MIN_PORT <= port <= MAX_PORT:
-            raise NodeError(
-                f"port {port} is out of range for celeryctl's node", f"pass --port between {MIN_PORT} and {MAX_PORT}"
-            )
+        port = validate.port(port, "the port", low=MIN_PORT, high=MAX_PORT)
         if not port_is_free(port):
             suggestion = pick_free_port([port + i for i in range(1, 50)], set())
             raise NodeError(
