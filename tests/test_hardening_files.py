@@ -215,7 +215,10 @@ def test_broker_start_refuses_a_link_planted_at_a_node_file(cli: CliRun, tmp_pat
     if name == "home/.erlang.cookie":  # an existing cookie is kept as it is: a dangling link is the trap
         target.unlink()
     link.symlink_to(target)
-    r = cli("broker", "start", "--port", str(pick_free_port([], set())), env={"CELERYCTL_DATA_DIR": str(data)})
+    try:
+        r = cli("broker", "start", "--port", str(pick_free_port([], set())), env={"CELERYCTL_DATA_DIR": str(data)})
+    finally:  # a node that started after all (it did before) is stopped
+        Node(data / "node").stop()
     assert r.returncode == 5, r.output
     assert f"refusing to write {link}: it is a symbolic link" in r.stderr
     assert "Traceback" not in r.output

@@ -221,6 +221,16 @@ def _free_port_set(count: int, offsets: tuple[int, ...] = ()) -> list[int]:
 
 
 @contextmanager
+def stopped_afterwards(data_dir: Path) -> Iterator[None]:
+    """Stop whatever node a test started in ``data_dir`` (when the check under test let it start)."""
+    try:
+        yield
+    finally:
+        if (data_dir / "node" / "state.json").exists():
+            Node(data_dir / "node").stop()
+
+
+@contextmanager
 def listening_on(ports: Iterable[int]) -> Iterator[None]:
     with ExitStack() as stack:
         for port in ports:
@@ -298,7 +308,8 @@ def test_broker_start_on_the_running_node(cli: CliRun, rabbit: RabbitNode) -> No
 
 @pytest.mark.parametrize("port", ["40000", "65535", "65536", str(MIN_PORT - 1), "0", "-1", "abc", "5672.5"])
 def test_broker_start_port_out_of_range_is_a_usage_error(cli: CliRun, tmp_path: Path, port: str) -> None:
-    r = cli("broker", "start", "--port", port, env={"CELERYCTL_DATA_DIR": str(tmp_path / "d")})
+    with stopped_afterwards(tmp_path / "d"):  # should it start after all (it did before), it is stopped
+        r = cli("broker", "start", "--port", port, env={"CELERYCTL_DATA_DIR": str(tmp_path / "d")})
     assert r.returncode == 2, r.output
     assert f"{MIN_PORT} to {MAX_PORT}" in r.stderr
     assert "Traceback" not in r.output
@@ -307,7 +318,11 @@ def test_broker_start_port_out_of_range_is_a_usage_error(cli: CliRun, tmp_path: 
 
 @pytest.mark.parametrize("timeout", ["nan", "inf", "-1", "0", "soon"])
 def test_broker_start_timeout_must_be_a_finite_positive_number(cli: CliRun, tmp_path: Path, timeout: str) -> None:
-    r = cli("broker", "start", "--timeout", timeout, env={"CELERYCTL_DATA_DIR": str(tmp_path / "d")})
+    port = str(_free_port_set(1)[0])  # never the default 5672, even when the check is missing
+    with stopped_afterwards(tmp_path / "d"):
+        r = cli(
+            "broker", "start", "--port", port, "--timeout", timeout, env={"CELERYCTL_DATA_DIR": str(tmp_path / "d")}
+        )
     assert r.returncode == 2, r.output
     assert "--timeout" in r.stderr and "Traceback" not in r.output
     assert not (tmp_path / "d").exists()
