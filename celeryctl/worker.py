@@ -292,8 +292,10 @@ class BackgroundWorker:
         if self.queue:
             argv += ["-Q", self.queue]
         env = {**os.environ, "CELERYCTL_BROKER_URL": self.broker_url, "PYTHONUNBUFFERED": "1"}
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "wb") as log:
+        from celeryctl.files import open_log, private_dir
+
+        private_dir(self.log_file.parent)
+        with open_log(self.log_file) as log:
             self.proc = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
             )
