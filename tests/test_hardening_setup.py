@@ -194,7 +194,7 @@ def test_bad_node_name_is_refused_before_rabbitmqctl_runs(cli: CliRun, tmp_path:
     assert err["message"].startswith("--node: "), err
     assert not marker.exists()
     err = one_error(
-        cli("setup-broker", "--json", env={"CELERYCTL_RABBITMQ_BIN_DIR": str(fake), "CELERYCTL_NODE": node}), 2
+        cli("setup-broker", "--json", env={"CELERYCTL_RABBITMQ_BIN_DIR": str(fake), "CELERYCTL_NODE": node}), 3
     )
     assert "CELERYCTL_NODE" in err["message"]
     assert not marker.exists()
@@ -233,7 +233,7 @@ def test_save_failing_after_the_change_says_so_and_keeps_the_password_on_request
     err = one_error(cli(*args, "--json", "--show-password", env=bad_env), 3)
     assert err["code"] == "settings_not_saved"
     assert err["message"] == (
-        f"the broker was changed but the settings were NOT saved (the new password too): "
+        f"the broker was changed (a new password for '{user}') but the settings were NOT saved: "
         f"cannot write {config}: No such file or directory"
     )
     assert "--password-stdin" in err["hint"] and "--rotate-password" in err["hint"]
@@ -268,7 +268,7 @@ def test_save_failing_without_show_password_never_prints_it(
     config.write_text("")
     human = cli("setup-broker", "--user", unique("u"), "--vhost", vhost, env=bad_env)
     line = one_line_error(human, 3)
-    assert "the broker was changed but the settings were NOT saved" in line
+    assert "the broker was changed (a new password for " in line and "but the settings were NOT saved" in line
     assert "shown this once" not in human.stderr  # stderr is a pipe here, not a terminal
 
 

@@ -82,21 +82,24 @@ _NODE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+(@[A-Za-z0-9_.\-]+)?$")
 
 
 def validate_node_name(node: str, source: str = "--node") -> str:
-    """A node name for ``rabbitmqctl -n``: NAME or NAME@HOST, letters, digits, ``_.-``, at most 255 bytes."""
+    """A node name for ``rabbitmqctl -n``: NAME or NAME@HOST, letters, digits, ``_.-``, at most 255 bytes.
+
+    A bad ``--node`` is a usage error (exit 2); one from the environment or the settings file a
+    configuration error (exit 3).
+    """
+    cls = UsageError if source == "--node" else ConfigError
     if len(node.encode("utf-8", "surrogatepass")) > MAX_NODE_BYTES:
-        raise UsageError(
-            f"{source}: the node name is longer than {MAX_NODE_BYTES} bytes", "e.g. --node rabbit@localhost"
-        )
+        raise cls(f"{source}: the node name is longer than {MAX_NODE_BYTES} bytes", "e.g. --node rabbit@localhost")
     if not _NODE_NAME.match(node):
-        raise UsageError(
+        raise cls(
             f"{source}: {node!r} is not a RabbitMQ node name",
             "write NAME@HOST with letters, digits, '_', '.' or '-', e.g. --node rabbit@localhost",
         )
     return node
 
 
-def check_url(request: Request, host: str, port: int) -> str:
-    """The URL that will be saved parses as given, and its host resolves; returns it (masked)."""
+def check_url(request: Request, host: str, port: int) -> None:
+    """The URL that will be saved parses as given (``--host``, ``--port``), and its host resolves."""
     if host == "" or len(host.encode("utf-8", "surrogatepass")) > MAX_HOST_BYTES:
         raise UsageError(
             f"--host: {'an empty host' if not host else f'the host is longer than {MAX_HOST_BYTES} bytes'}",
@@ -123,7 +126,6 @@ def check_url(request: Request, host: str, port: int) -> str:
             f"--host: cannot resolve {host}: {exc.strerror}",
             "check the name (it goes into the saved broker URL), or give an address, e.g. --host 127.0.0.1",
         ) from None
-    return url
 
 
 def check_settings_file(path: Path) -> None:
@@ -170,6 +172,8 @@ def resolve_target(settings: Settings, node: str | None, host: str | None, port:
         validate.port(port, "--port")
     source = "--node" if node else settings.sources.get("node", "CELERYCTL_NODE")
     node = node or settings.node
+    if host and host.startswith("[") and host.endswith("]"):  # an IPv6 address as written in a URL
+        host = host[1:-1]
     if node:
         validate_node_name(node, source)
         return Target(Runner(node=node), f"node {node}", host or "localhost", port or DEFAULT_PORT)
@@ -339,12 +343,10 @@ def _verification_failed(verification: Verification, url: str, plan: Plan) -> Ce
     )
 
 
-def _keep_password(result: SetupResult, on_unsaved: Callable[[str], None] | None) -> bool:
-    """Hand a generated password that may now be the user's to ``on_unsaved``; whether one was."""
+def _keep_password(result: SetupResult, on_unsaved: Callable[[str], None] | None) -> None:
+    """Hand a generated password that may now be the user's to ``on_unsaved``."""
     if result.plan.password_generated and result.url is not None and on_unsaved is not None:
         on_unsaved(result.url)
-        return True
-    return False
 
 
 def _again(result: SetupResult) -> str:
@@ -368,10 +370,10 @@ def _not_saved(
     reason = cause.message if isinstance(cause, CeleryctlError) else (cause.strerror or str(cause))
     _keep_password(result, on_unsaved)
     what = "the broker was changed" if result.plan.changed else "the broker is set up"
-    password = " (the new password too)" if result.plan.password_generated else ""
+    password = f" (a new password for '{result.plan.user}')" if result.plan.password_generated else ""
     cls: type[CeleryctlError] = PermissionDeniedError if denied else ConfigError
     return cls(
-        f"{what} but the settings were NOT saved{password}: cannot write {save_to}: {reason}",
+        f"{what}{password} but the settings were NOT saved: cannot write {save_to}: {reason}",
         f"fix that (or use --config FILE), {_again(result)}",
         code="settings_not_saved",
         details={
