@@ -12,7 +12,9 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -289,17 +291,23 @@ def test_save_failing_on_a_terminal_shows_the_password_once(
     assert check_access(build_amqp_url(user, password, "127.0.0.1", rabbit.port, vhost)).ok
 
 
+def busy_import_shim(directory: Path) -> tuple[Path, Path, Path]:
+    """A rabbitmqctl whose import is applied, then stays busy until ``release`` exists: (bin dir, busy, release)."""
+    busy, release = directory / "busy", directory / "release"
+    shim = ctl_shim(directory / "bin", f'touch "{busy}"; while [ ! -e "{release}" ]; do sleep 0.05; done')
+    return shim, busy, release
+
+
 def test_ctrl_c_while_applying_keeps_the_password(
     rabbit: RabbitNode, env: dict[str, str], terminal: TerminalRun, tmp_path: Path
 ) -> None:
-    busy = tmp_path / "busy"
-    shim = ctl_shim(tmp_path / "shim", f'touch "{busy}"; sleep 60')  # imported, then still busy
+    shim, busy, _release = busy_import_shim(tmp_path / "shim")
     user, vhost = unique("u"), unique("v")
     term = terminal(
         "setup-broker", "--user", user, "--vhost", vhost, env={**env, "CELERYCTL_RABBITMQ_BIN_DIR": str(shim)}
     )
     wait_for(busy.exists, timeout=90, what="the import to be applied")
-    term.send("\x03")
+    term.send("\x03")  # the whole foreground group: the busy rabbitmqctl stops too
     assert term.wait(timeout=60) == 130, term.text
     screen = term.text.replace("\r", "")
     assert "Traceback" not in screen
@@ -307,6 +315,40 @@ def test_ctrl_c_while_applying_keeps_the_password(
     match = re.search(r"shown this once; keep it:\n  (\S+)\n", screen)
     assert match, screen
     assert check_access(build_amqp_url(user, match.group(1), "127.0.0.1", rabbit.port, vhost)).ok
+
+
+def test_ctrl_c_under_json_is_one_document_with_the_password_on_request(
+    rabbit: RabbitNode, isolated_env: dict[str, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    shim, busy, release = busy_import_shim(tmp_path / "shim")
+    user, vhost = unique("u"), unique("v")
+    workdir = tmp_path / "work"
+    workdir.mkdir(exist_ok=True)
+    argv = [sys.executable, "-m", "celeryctl", "setup-broker", "--user", user, "--vhost", vhost]
+    proc = subprocess.Popen(
+        [*argv, "--json", "--show-password"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=workdir,
+        env={**isolated_env, **env, "CELERYCTL_RABBITMQ_BIN_DIR": str(shim)},
+    )
+    try:
+        wait_for(busy.exists, timeout=90, what="the import to be applied")
+        proc.send_signal(signal.SIGINT)
+        release.touch()
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        release.touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    result = CliResult(proc.returncode, stdout, stderr, argv)
+    err = one_error(result, 130)
+    assert err["code"] == "interrupted" and err["details"]["saved"] is False
+    assert check_access(err["details"]["url"]).ok
+    assert err["details"]["url"] == build_amqp_url(user, err["details"]["password"], "127.0.0.1", rabbit.port, vhost)
+    assert not (workdir / "celeryctl.toml").exists()
 
 
 # --------------------------------------------------------------------------- --delete refused, help
