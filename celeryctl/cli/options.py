@@ -14,6 +14,7 @@ ConfigOpt = Annotated[
     Path | None,
     typer.Option(
         "--config",
+        metavar="FILE",
         help="Settings file (env CELERYCTL_CONFIG; default ./celeryctl.toml)",
         show_default=False,
     ),
@@ -46,6 +47,7 @@ DataDirOpt = Annotated[
     Path | None,
     typer.Option(
         "--data-dir",
+        metavar="DIR",
         help="Where celeryctl keeps its node (env CELERYCTL_DATA_DIR; default ~/.local/share/celeryctl)",
         show_default=False,
     ),
