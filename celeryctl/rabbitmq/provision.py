@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import shlex
 import socket
 import stat
@@ -36,7 +35,7 @@ from celeryctl.errors import (
     UsageError,
 )
 from celeryctl.rabbitmq.apply import Progress, Verification, apply_plan, verify
-from celeryctl.rabbitmq.ctl import Runner
+from celeryctl.rabbitmq.ctl import Runner, check_node_name
 from celeryctl.rabbitmq.definitions import read_state
 from celeryctl.rabbitmq.plan import Plan, Request, plan_delete, plan_setup, validate_name, validate_password
 from celeryctl.settings import CONFIG_FILENAME, Settings, read_config_file, save_settings
@@ -77,25 +76,6 @@ def read_password(
 # fails midway would leave a user whose generated password nobody has.
 
 MAX_HOST_BYTES = 253  # a DNS name
-MAX_NODE_BYTES = 255  # an Erlang atom
-_NODE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+(@[A-Za-z0-9_.\-]+)?$")
-
-
-def validate_node_name(node: str, source: str = "--node") -> str:
-    """A node name for ``rabbitmqctl -n``: NAME or NAME@HOST, letters, digits, ``_.-``, at most 255 bytes.
-
-    A bad ``--node`` is a usage error (exit 2); one from the environment or the settings file a
-    configuration error (exit 3).
-    """
-    cls = UsageError if source == "--node" else ConfigError
-    if len(node.encode("utf-8", "surrogatepass")) > MAX_NODE_BYTES:
-        raise cls(f"{source}: the node name is longer than {MAX_NODE_BYTES} bytes", "e.g. --node rabbit@localhost")
-    if not _NODE_NAME.match(node):
-        raise cls(
-            f"{source}: {node!r} is not a RabbitMQ node name",
-            "write NAME@HOST with letters, digits, '_', '.' or '-', e.g. --node rabbit@localhost",
-        )
-    return node
 
 
 def check_url(request: Request, host: str, port: int) -> None:
@@ -175,7 +155,7 @@ def resolve_target(settings: Settings, node: str | None, host: str | None, port:
     if host and host.startswith("[") and host.endswith("]"):  # an IPv6 address as written in a URL
         host = host[1:-1]
     if node:
-        validate_node_name(node, source)
+        check_node_name(node, source)  # a flag; CELERYCTL_NODE and the file were checked when loaded
         return Target(Runner(node=node), f"node {node}", host or "localhost", port or DEFAULT_PORT)
     private = settings.local_node()
     info = private.running_info()
