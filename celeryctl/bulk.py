@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from celeryctl.broker import close_quietly
-from celeryctl.errors import CeleryctlError, TimeoutError_, UnreachableError
+from celeryctl.errors import CeleryctlError, InterruptedError_, TimeoutError_, UnreachableError
 from celeryctl.submit import CONNECT_TIMEOUT, READY_STATES, library_errors, publish_error
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ class Confirms:
         self.pending: deque[int] = deque()  # tags in publish order
         self.settled: set[int] = set()  # tags settled out of order, still in ``pending``
         self.nacked = 0
+        self.nacked_tags: set[int] = set()
 
     def _settle(self, tag: int, multiple: bool) -> int:
         n = 0
@@ -89,7 +90,18 @@ class Confirms:
         self._settle(tag, multiple)
 
     def on_nack(self, tag: int, multiple: bool = False) -> None:
-        self.nacked += self._settle(tag, multiple)
+        unsettled = self.unsettled_tags() if multiple else {tag}
+        n = self._settle(tag, multiple)
+        self.nacked += n
+        self.nacked_tags.update(t for t in unsettled if t <= tag)
+
+    def unsettled_tags(self) -> set[int]:
+        return set(self.pending) - self.settled
+
+    def confirmed_tags(self, published: int) -> list[int]:
+        """Tags 1..``published`` the broker acknowledged (neither pending nor refused), in order."""
+        open_tags = self.unsettled_tags() | self.nacked_tags
+        return [t for t in range(1, published + 1) if t not in open_tags]
 
     @property
     def unconfirmed(self) -> int:
@@ -228,8 +240,13 @@ def _publish(
     window: int,
     confirm_timeout: float,
     report: Callable[[int], None],
+    ids: list[str],
 ) -> list[str]:
-    """Publish ``count`` copies with the raw publish; return their ids once every one is confirmed."""
+    """Publish ``count`` copies with the raw publish; return their ids once every one is confirmed.
+
+    ``ids`` is filled as messages go out (id i has delivery tag i + 1), so that a caller interrupted
+    half-way knows which were published.
+    """
     from celery.utils import uuid
 
     publish = channel._basic_publish  # the raw publish: confirms are collected by _drain
@@ -238,7 +255,6 @@ def _publish(
     headers0, reply_to = template.headers, template.reply_to
     content_type, content_encoding, payload = template.content_type, template.content_encoding, template.payload
     pending = confirms.pending
-    ids: list[str] = []
     tag = 0
     for i in range(count):
         task_id = template.first_id if i == 0 else uuid()
@@ -253,10 +269,11 @@ def _publish(
             headers,
             {"delivery_mode": delivery_mode, "correlation_id": task_id, "reply_to": reply_to},
         )
-        publish(msg, exchange=exchange, routing_key=routing_key)
+        # Booked before the publish: an interrupt in between counts the message as unconfirmed.
         tag += 1
         pending.append(tag)
         ids.append(task_id)
+        publish(msg, exchange=exchange, routing_key=routing_key)
         if tag % DRAIN_EVERY == 0:
             _drain(transport_conn, confirms, window, tag, confirm_timeout)
             report(tag - confirms.unconfirmed)
@@ -291,11 +308,12 @@ def send_many(
     route = _route(app, task, name, args, kwargs, queue, priority)
     template = _template(app, task, name, args, kwargs, countdown, eta)
     confirms = Confirms()
+    ids: list[str] = []
     conn = None
     try:
         conn = app.connection_for_write()
         channel = _confirm_channel(app, conn, task, route, template.first_id, confirms)
-        ids = _publish(
+        _publish(
             channel,
             conn.connection,
             route,
@@ -305,11 +323,26 @@ def send_many(
             window=window,
             confirm_timeout=confirm_timeout,
             report=report,
+            ids=ids,
         )
-    except CeleryctlError:
+    except CeleryctlError as exc:
+        exc.details.update(_progress(confirms, ids, count))
         raise
     except library_errors() as exc:
-        raise publish_error(app, exc) from exc
+        progress = _progress(confirms, ids, count)
+        error = publish_error(app, exc)
+        error.message = error.message.replace("the task was not confirmed", _confirmed_text(progress))
+        error.details.update(progress)
+        raise error from exc
+    except KeyboardInterrupt:
+        if conn is not None:
+            _settle_before_leaving(conn, confirms, len(ids))
+        progress = _progress(confirms, ids, count)
+        raise InterruptedError_(
+            f"stopped publishing {name}: {_confirmed_text(progress)}",
+            None,
+            details=progress,
+        ) from None
     finally:
         if conn is not None:
             close_quietly(conn)
@@ -317,8 +350,43 @@ def send_many(
         raise UnreachableError(
             f"the broker refused {confirms.nacked} of {count} messages (negative confirms)",
             "the broker may be out of resources; check its log",
+            details=_progress(confirms, ids, count),
         )
     return Batch(ids, name, time.monotonic() - started)
+
+
+def _settle_before_leaving(conn: Any, confirms: Confirms, published: int, seconds: float = 1.0) -> None:
+    """Read the confirms already on their way (for at most ``seconds``), so the count is exact."""
+    deadline = time.monotonic() + seconds
+    stop: tuple[type[BaseException], ...] = (KeyboardInterrupt, *library_errors())
+    try:
+        while confirms.unconfirmed and time.monotonic() < deadline:
+            try:
+                conn.connection.drain_events(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
+            except TimeoutError:
+                pass
+    # A second Ctrl-C, or a connection that is gone: report what is known now.
+    except stop:
+        pass
+
+
+def _progress(confirms: Confirms, ids: list[str], count: int) -> dict[str, Any]:
+    """How far a run got: published, confirmed by the broker (with their ids), not confirmed."""
+    tags = confirms.confirmed_tags(len(ids))
+    return {
+        "requested": count,
+        "published": len(ids),
+        "confirmed": len(tags),
+        "unconfirmed": len(ids) - len(tags),
+        "ids": [ids[t - 1] for t in tags],
+    }
+
+
+def _confirmed_text(progress: dict[str, Any]) -> str:
+    text = f"the broker confirmed {progress['confirmed']} of the {progress['requested']} tasks"
+    if progress["unconfirmed"]:
+        text += f" ({progress['unconfirmed']} more published, not confirmed: they may or may not be queued)"
+    return text + " (--json lists their ids)"
 
 
 # --------------------------------------------------------------------------- waiting
@@ -433,6 +501,20 @@ def wait_many(
         ) from None
     except library_errors() as exc:
         raise UnreachableError(f"lost the broker while waiting: {type(exc).__name__}: {exc}") from exc
+    except KeyboardInterrupt:
+        unfinished = len(batch.ids) - len(finished)
+        raise InterruptedError_(
+            f"stopped waiting: {batch.succeeded} succeeded, {batch.failed} failed, {unfinished} of the "
+            f"{batch.submitted} submitted tasks not finished yet (they stay queued or running)",
+            None,
+            details={
+                "submitted": batch.submitted,
+                "succeeded": batch.succeeded,
+                "failed": batch.failed,
+                "unfinished": unfinished,
+                "ids": batch.ids,
+            },
+        ) from None
     # Results that arrived before we listened are in the results' cache, not in on_message.
     for r in results.results:
         if r.id not in finished:

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from celeryctl.errors import AppError
+from celeryctl.errors import AppError, ConfigError, NotInstalledError
 from celeryctl.settings import DEFAULT_BACKEND, Settings
 
 if TYPE_CHECKING:
@@ -76,6 +76,12 @@ def load_app(
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
+    except SystemExit as exc:  # sys.exit() in the module: an import that gave up, not our exit
+        raise AppError(
+            f"app module '{module_name}' called sys.exit({exc.code!r}) while it was imported",
+            "an app module must not exit at import; move that code under if __name__ == '__main__':",
+            details={"module": module_name, "exit_code": exc.code if isinstance(exc.code, int) else str(exc.code)},
+        ) from None
     except Exception as exc:  # any import failure is the user's app failing (re-raised as AppError)
         detail = f"{type(exc).__name__}: {exc}"
         raise AppError(
@@ -103,6 +109,11 @@ def import_task_modules(app: Celery) -> None:
     """Import the app's ``include``/``imports`` modules so that its tasks are registered."""
     try:
         app.loader.import_default_modules()
+    except SystemExit as exc:
+        raise AppError(
+            f"a task module of app '{app.main}' called sys.exit({exc.code!r}) while it was imported",
+            "a task module must not exit at import; move that code under if __name__ == '__main__':",
+        ) from None
     except Exception as exc:  # the user's task module failing to import (re-raised as AppError)
         raise AppError(
             f"cannot import the task modules of app '{app.main}': {type(exc).__name__}: {exc}",
@@ -142,6 +153,95 @@ def resolve_task_name(app: Celery, name: str) -> str:
         f"{label} task names: {listing}",
         details={"suggestions": suggestions, "registered": names},
     )
+
+
+# --------------------------------------------------------------------------- optional libraries
+
+#: The pip line for a module that an optional part of Celery imports (Celery's own extras).
+PIP_FOR_MODULE = {
+    "redis": "pip install 'celery[redis]'",
+    "sqlalchemy": "pip install 'celery[sqlalchemy]'",
+    "pymongo": "pip install 'celery[mongodb]'",
+    "eventlet": "pip install 'celery[eventlet]'",
+    "gevent": "pip install 'celery[gevent]'",
+    "greenlet": "pip install 'celery[gevent]'",
+    "pylibmc": "pip install 'celery[memcache]'",
+    "cassandra": "pip install 'celery[cassandra]'",
+    "elasticsearch": "pip install 'celery[elasticsearch]'",
+    "couchbase": "pip install 'celery[couchbase]'",
+    "pycouchdb": "pip install 'celery[couchdb]'",
+    "boto3": "pip install 'celery[dynamodb]'",
+    "azure": "pip install 'celery[azureblockblob]'",
+    "consul": "pip install 'celery[consul]'",
+    "arangodb": "pip install 'celery[arangodb]'",
+    "pyArango": "pip install 'celery[arangodb]'",
+}
+
+
+def pip_line(module: str) -> str:
+    top = module.partition(".")[0]
+    return PIP_FOR_MODULE.get(top, f"pip install {top}")
+
+
+def require_backend(app: Celery) -> None:
+    """Raise :class:`NotInstalledError` (exit 4) when the result backend's library is missing.
+
+    Celery builds the backend lazily, so without this a missing ``redis`` or ``sqlalchemy`` is a
+    ``ModuleNotFoundError`` at the first result, after a worker started or a task was sent.
+    """
+    from celery.exceptions import ImproperlyConfigured
+
+    from celeryctl.broker import mask_url
+
+    url = mask_url(str(app.conf.result_backend))
+    try:
+        app.backend  # noqa: B018 - building it is the check
+    except ImportError as exc:
+        missing = exc.name or str(exc)
+        raise NotInstalledError(
+            f"the result backend {url} needs the Python package '{missing}', which is not installed",
+            pip_line(missing),
+            details={"backend": url, "module": missing},
+        ) from None
+    except ImproperlyConfigured as exc:  # Celery's wording for a missing client library, or a bad URL
+        text = str(exc)
+        if "install" in text.lower():
+            raise NotInstalledError(f"the result backend {url}: {text}", None, details={"backend": url}) from None
+        raise ConfigError(f"the result backend {url} is not usable: {text}", "check --backend") from None
+
+
+def require_pool(pool: str | None) -> None:
+    """Raise :class:`NotInstalledError` (exit 4) when a green-thread pool's library is missing."""
+    import importlib.util
+
+    if pool in ("eventlet", "gevent") and importlib.util.find_spec(pool) is None:
+        raise NotInstalledError(
+            f"the {pool} pool needs the Python package '{pool}', which is not installed",
+            pip_line(pool),
+            details={"pool": pool, "module": pool},
+        )
+
+
+# --------------------------------------------------------------------------- Celery's own commands
+
+
+def run_celery(app: Celery, argv: list[str]) -> int:
+    """Run ``celery <argv>`` for ``app`` in this process; its exit code.
+
+    ``Celery.start`` drops the code its command exits with (a worker that stops on an
+    unrecoverable error returned None, so celeryctl exited 0): click's own return is used here.
+    """
+    from celery.bin.celery import celery
+    from click.exceptions import Exit
+
+    celery.params[0].default = app
+    try:
+        rv = celery.main(args=argv, standalone_mode=False)
+    except Exit as exc:
+        rv = exc.exit_code
+    finally:
+        celery.params[0].default = None
+    return rv if isinstance(rv, int) else 0
 
 
 # --------------------------------------------------------------------------- the resolved broker

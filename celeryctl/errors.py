@@ -109,6 +109,30 @@ class AppError(CeleryctlError):
     code = "app"
 
 
+class PortInUseError(CeleryctlError):
+    """A TCP port celeryctl is asked to listen on is taken by another program."""
+
+    exit_code = ExitCode.NODE
+    code = "port_in_use"
+
+
+class InterruptedError_(CeleryctlError):
+    """Ctrl-C (SIGINT): the command stopped; ``details`` say what was already done.
+
+    ``stdout`` holds the data the command still owes its reader without ``--json`` (the id of
+    the task it stopped waiting for); under ``--json`` the same is in ``details``.
+    """
+
+    exit_code = ExitCode.INTERRUPTED
+    code = "interrupted"
+
+    def __init__(
+        self, message: str, hint: str | None = None, *, stdout: list[str] | None = None, **kwargs: object
+    ) -> None:
+        super().__init__(message, hint, **kwargs)  # type: ignore[arg-type]
+        self.stdout = stdout or []
+
+
 class NotConfirmedError(CeleryctlError):
     exit_code = ExitCode.NOT_CONFIRMED
     code = "not_confirmed"

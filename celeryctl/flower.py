@@ -7,17 +7,19 @@ process and the broker URL through the app object: none of them appears in any a
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celeryctl.broker import BrokerUrl, ensure_reachable, is_loopback, mask_url, own_management_url, with_userinfo
-from celeryctl.celeryapp import app_broker
-from celeryctl.errors import NotInstalledError, UsageError
+from celeryctl.celeryapp import app_broker, run_celery
+from celeryctl.errors import NotInstalledError, PermissionDeniedError, PortInUseError, UsageError
 
 if TYPE_CHECKING:
     from celery import Celery
 
     from celeryctl.settings import Settings
+
 
 @dataclass
 class FlowerPlan:
@@ -62,6 +64,7 @@ def flower_plan(
         raise UsageError(f"--port {port} is not a TCP port", "use a port between 1024 and 65535")
     if basic_auth:
         parse_basic_auth(basic_auth)
+    check_listen(address, port)
     loopback = is_loopback(address)
     if not loopback and not basic_auth and not unsafe_no_auth:
         raise UsageError(
@@ -91,6 +94,51 @@ def flower_plan(
     return FlowerPlan(argv, env, f"http://{shown}:{port}{prefix}", bool(basic_auth), broker_api)
 
 
+def check_listen(address: str, port: int) -> None:
+    """Refuse an address that is not on this machine, or a port that is taken, before Flower starts.
+
+    Binds (and closes) the sockets Flower would bind, the way tornado does (``SO_REUSEADDR``):
+    an unknown host name is a usage error (exit 2), an address of another machine too, a port in
+    use is exit 9 naming it, a port below 1024 without root exit 5.
+    """
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(address or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(
+            f"--address {address}: the name does not resolve ({exc.strerror})",
+            "use an address of this machine, e.g. 127.0.0.1",
+        ) from None
+    for family, kind, proto, _name, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError(
+                    f"port {port} on {address or 'every address'} is already in use; Flower cannot listen there",
+                    f"pick another one: --port {port + 1}, or stop what listens on {port}",
+                    details={"port": port, "address": address},
+                ) from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise UsageError(
+                    f"--address {address} is not an address of this machine",
+                    "use one of this machine's addresses, e.g. 127.0.0.1 (or 0.0.0.0 for every one)",
+                ) from None
+            if exc.errno == errno.EACCES:
+                raise PermissionDeniedError(
+                    f"not allowed to listen on port {port} (ports below 1024 need root)", "use --port 5555"
+                ) from None
+            raise
+        finally:
+            sock.close()
+
+
 def require_flower() -> None:
     """Raise :class:`~celeryctl.errors.NotInstalledError` (exit 4) unless Flower can be imported."""
     try:
@@ -111,6 +159,27 @@ def run_flower(app: Celery, plan: FlowerPlan) -> int:
     require_flower()
     ensure_reachable(app_broker(app))
     os.environ.update(plan.env)
-    # Flower's own option parser must not see celeryctl's argv.
-    code = app.start(["--quiet", "flower", *plan.argv])
-    return int(code or 0)
+    import flower.command
+
+    # Flower's SIGTERM handler raises SystemExit wherever the main thread happens to be, which
+    # ends in a traceback when that is inside tornado or a thread pool.  This one stops the
+    # event loop instead, so Flower returns as it does after Ctrl-C; before the loop exists,
+    # SystemExit(0) leaves through run_celery below.
+    flower.command.sigterm_handler = _stop_on_sigterm  # type: ignore[attr-defined]
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        # Flower's own option parser must not see celeryctl's argv.
+        return run_celery(app, ["--quiet", "flower", *plan.argv])
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_on_sigterm(_signum: int, _frame: object) -> None:
+    from tornado.ioloop import IOLoop
+
+    loop = IOLoop.current(instance=False)
+    if loop is None:
+        raise SystemExit(0)
+    loop.add_callback(loop.stop)  # thread-safe (call_soon_threadsafe); Python runs handlers between bytecodes

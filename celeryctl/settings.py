@@ -251,7 +251,23 @@ def load_settings(
         settings.sources[name] = source
     if settings.broker_url is not None:
         BrokerUrl.parse(settings.broker_url, settings.sources["broker_url"])  # ConfigError when it is not AMQP
+    if settings.node is not None:
+        _check_node(settings.node, settings.sources["node"])
     return settings
+
+
+def _check_node(node: str, source: str) -> None:
+    """A node name from a flag is a usage error (exit 2), from the environment or a file a config error (3)."""
+    from celeryctl.errors import UsageError
+    from celeryctl.rabbitmq.ctl import check_node_name
+
+    kind, _, where = source.partition(" ")
+    try:
+        check_node_name(node, where if kind in ("flag", "env") else f"node in {where}")
+    except UsageError as exc:
+        if source.startswith("flag"):
+            raise
+        raise ConfigError(exc.message, exc.hint, details={"key": "node", "source": source}) from None
 
 
 def _convert(key: Key, value: Any, source: str) -> Any:
@@ -276,29 +292,112 @@ def _toml_string(value: str) -> str:
     return json.dumps(value, ensure_ascii=True)
 
 
+_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
+_KEY_LINE = re.compile(rf"^[ \t]*({_KEY_PART}(?:[ \t]*\.[ \t]*{_KEY_PART})*)[ \t]*=(.*)$")
+_TABLE_LINE = re.compile(r"^[ \t]*\[")
+
+
+def _key_name(key_part: str) -> str | None:
+    """The name a (possibly quoted) key stands for; None for a dotted key (not a top-level one)."""
+    try:
+        parsed = tomllib.loads(f"{key_part} = 0")
+    except tomllib.TOMLDecodeError:
+        return None
+    (name, value), *_ = parsed.items()
+    return name if isinstance(value, int) else None
+
+
+def _opens_multiline(value: str) -> str | None:
+    """The delimiter of a multi-line string that ``value`` opens and does not close, if any."""
+    value = value.strip()
+    for quote in ('"""', "'''"):
+        if value.startswith(quote) and value.count(quote) % 2 == 1:
+            return quote
+    return None
+
+
+def _rewrite(text: str, updates: Mapping[str, str]) -> str:
+    """``text`` with each top-level key of ``updates`` set once, however it was written.
+
+    A key is found bare or quoted, with any spacing; its line (and the rest of a multi-line
+    string value) is replaced.  Keys the file lacks go after its last top-level key, before
+    the first ``[table]``, so they stay top-level.
+    """
+    lines = text.splitlines()
+    out: list[str] = []
+    pending = dict(updates)
+    insert_at: int | None = None  # where new keys go: after the last top-level key line
+    in_table = False
+    closing: str | None = None  # inside a multi-line string value: its delimiter
+    skipping = False  # the multi-line value being skipped is one we replaced
+    for line in lines:
+        if closing is not None:
+            if line.count(closing) % 2 == 1:
+                closing = None
+            if not skipping:
+                out.append(line)
+                if not in_table:
+                    insert_at = len(out)
+            continue
+        skipping = False
+        if _TABLE_LINE.match(line):
+            in_table = True
+            out.append(line)
+            continue
+        m = _KEY_LINE.match(line)
+        if m is None:
+            out.append(line)
+            continue
+        closing = _opens_multiline(m.group(2))
+        name = _key_name(m.group(1)) if not in_table else None
+        if name is not None and name in updates:
+            if name in pending:
+                out.append(f"{name} = {_toml_string(pending.pop(name))}")
+            skipping = closing is not None
+        else:
+            out.append(line)
+        if not in_table:
+            insert_at = len(out)
+    new = [f"{k} = {_toml_string(v)}" for k, v in pending.items()]
+    if insert_at is None:
+        first_table = next((i for i, line in enumerate(out) if _TABLE_LINE.match(line)), None) if in_table else None
+        insert_at = len(out) if first_table is None else first_table
+    out[insert_at:insert_at] = new
+    return "\n".join(out) + "\n"
+
+
 def save_settings(path: Path, updates: Mapping[str, str]) -> Path:
-    """Set keys in a settings file, keeping its other lines; the file ends up mode 0600."""
+    """Set keys in a settings file, keeping its other lines; the file ends up mode 0600.
+
+    The file is replaced atomically (:func:`celeryctl.files.write_file`: never through a
+    symbolic link), and only when the result parses with every key once and as given.
+    """
+    from celeryctl.files import refuse_symlink, write_file
+
     for key in updates:
         if key not in KEYS:
             raise ValueError(f"unknown settings key {key!r}")
-    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    pending = dict(updates)
-    out: list[str] = []
-    for line in lines:
-        m = re.match(r"^\s*([A-Za-z_]+)\s*=", line)
-        if m and m.group(1) in pending:
-            key = m.group(1)
-            out.append(f"{key} = {_toml_string(pending.pop(key))}")
-        else:
-            out.append(line)
-    out.extend(f"{k} = {_toml_string(v)}" for k, v in pending.items())
-    data = ("\n".join(out) + "\n").encode()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    refuse_symlink(path)
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read settings file {path}: {exc}", "fix or remove the file") from None
+    try:
+        before = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"cannot update settings file {path}: it is not valid TOML ({exc})", "fix the syntax, then run again"
+        ) from None
+    new_text = _rewrite(text, updates)
+    try:
+        after = tomllib.loads(new_text)
+    except tomllib.TOMLDecodeError:
+        after = None
+    if after != {**before, **updates}:
+        raise ConfigError(
+            f"cannot update settings file {path} safely: its layout is unusual",
+            'write it as flat TOML (one key = "value" per line), then run again',
+            details={"file": str(path), "keys": sorted(updates)},
+        )
+    write_file(path, new_text)
     return path

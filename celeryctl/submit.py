@@ -19,6 +19,7 @@ from celeryctl.broker import START_HINT, ensure_reachable, mask_url, queue_depth
 from celeryctl.errors import (
     AccessRefusedError,
     CeleryctlError,
+    InterruptedError_,
     TaskFailedError,
     TimeoutError_,
     UnreachableError,
@@ -120,9 +121,10 @@ def open_client(settings: Settings, task: str, *, wait: bool = False) -> tuple[C
     Returns ``(app, full task name)``.  Everything that can be refused is refused here, before
     anything is published.
     """
-    from celeryctl.celeryapp import load_app, resolve_task_name
+    from celeryctl.celeryapp import load_app, require_backend, resolve_task_name
 
     app = load_app(settings.app, settings)
+    require_backend(app)
     prepare_client(app)
     name = resolve_task_name(app, task)
     if wait:
@@ -342,8 +344,16 @@ def wait(
         raise TimeoutError_(
             f"task {name or ''}[{task_id}] did not finish within {timeout:g} s (last state {last['state']}); "
             "it may still be running",
-            f"wait longer with --timeout, or check later with the id {task_id}",
-            details={"task_id": task_id, "state": last["state"]},
+            timeout_hint(app, task_id),
+            details={"task_id": task_id, "state": last["state"], "backend": backend_scheme(app)},
+        ) from None
+    except KeyboardInterrupt:
+        raise InterruptedError_(
+            f"stopped waiting for task {name or ''}[{task_id}] (last state {last['state']}); "
+            "it keeps running (or waits in its queue)",
+            None,
+            stdout=[task_id],
+            details={"task_id": task_id, "task": name, "state": last["state"]},
         ) from None
     except library_errors() as exc:
         raise UnreachableError(
@@ -363,6 +373,24 @@ def wait(
         outcome.traceback = result.traceback
     report(Event(task_id, state, outcome.seconds, outcome.result if outcome.ok else None))
     return outcome
+
+
+def backend_scheme(app: Celery) -> str:
+    """The result backend's scheme (``rpc``, ``redis``, ``db+sqlite``), never its credentials."""
+    return str(app.conf.result_backend or "").partition(":")[0]
+
+
+def timeout_hint(app: Celery, task_id: str) -> str:
+    """What to do after ``--timeout`` expired: wait longer, or where the result can be read later."""
+    if backend_scheme(app) == "rpc":
+        # rpc:// sends the result to the process that submitted the task, as one message:
+        # once this process exits, nobody can read it.
+        return (
+            f"wait longer with --timeout; with the rpc:// backend only this process could receive the result of "
+            f"{task_id}, a later one cannot: for results you can fetch later use a backend that stores them, "
+            "e.g. --backend db+sqlite:///results.db or redis://localhost:6379/0 (on the worker too)"
+        )
+    return f"wait longer with --timeout; the backend keeps the result of {task_id} (celery -A APP result {task_id})"
 
 
 def _poll(

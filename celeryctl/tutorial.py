@@ -52,10 +52,12 @@ def prepare_broker(
     from celeryctl.rabbitmq.plan import Request
 
     say = on_progress or (lambda _m: None)
+    save_to = provision.settings_path(settings) if save else None
+    if save_to is not None:  # before the node starts and the user is made: not after, with its password lost
+        provision.check_settings_file(save_to)
     node = settings.local_node()
     say("starting (or reusing) celeryctl's private RabbitMQ node")
     _info, node_started = node.start(port, on_progress=say)
-    save_to = provision.settings_path(settings) if save else None
     request = Request()
     result = provision.setup(request, settings, save_to=save_to, on_progress=say)
     rotated = False

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from celeryctl import validate
 from celeryctl.broker import BrokerUrl, ensure_reachable, mask_url
-from celeryctl.celeryapp import task_names
-from celeryctl.errors import TimeoutError_, UsageError, WorkerError
+from celeryctl.celeryapp import require_backend, require_pool, run_celery, task_names
+from celeryctl.errors import ConfigError, TimeoutError_, UsageError, WorkerError
 from celeryctl.settings import Settings
 
 if TYPE_CHECKING:
@@ -122,10 +123,13 @@ def prepare(
         raise UsageError(f"unknown log level '{loglevel}'", f"use one of {', '.join(LOG_LEVELS)}")
     if pool is not None and pool not in POOLS:
         raise UsageError(f"unknown pool '{pool}'", f"use one of {', '.join(POOLS)}")
+    require_pool(pool)
     applied = apply_durable_defaults(app) if durable else {}
     if durable:
         add_event_batching(app)
-    queue_list = [q.strip() for q in ",".join(queues or []).split(",") if q.strip()]
+    queue_list = [validate.queue_name(q.strip(), "-Q") for q in ",".join(queues or []).split(",") if q.strip()]
+    check_app_queues(app)
+    require_backend(app)
     argv = ["worker", "--loglevel", level]
     if concurrency is not None:
         argv += ["--concurrency", str(concurrency)]
@@ -155,6 +159,26 @@ def prepare(
         applied_defaults=applied,
         beat=beat,
     )
+
+
+def check_app_queues(app: Celery) -> None:
+    """The queue names in the app's own configuration, checked before Celery declares them.
+
+    An over-long name otherwise fails inside Celery's consumer (``struct.error``) after the
+    worker started, with a traceback.
+    """
+    names: list[tuple[str, str]] = [("task_default_queue", str(app.conf.task_default_queue))]
+    for queue in app.conf.task_queues or ():
+        names.append(("task_queues", str(getattr(queue, "name", queue))))
+    for setting, name in names:
+        try:
+            validate.queue_name(name, f"queue name {name[:40]!r}{'...' if len(name) > 40 else ''} in {setting}")
+        except UsageError as exc:
+            raise ConfigError(
+                f"app '{app.main}': {exc.message}",
+                f"fix {setting} in the app's configuration",
+                details={"setting": setting},
+            ) from None
 
 
 _BATCHING_STEP: type | None = None
@@ -223,10 +247,11 @@ def run(app: Celery, plan: WorkerPlan) -> int:
 
     try:
         # --quiet: celeryctl shows its own banner; Celery still logs "ready" and each task.
-        code = app.start(argv=["--quiet", *plan.argv])
+        return run_celery(app, ["--quiet", *plan.argv])
     except ClickException as exc:  # Celery's own click, for options after "--"
         raise UsageError(f"celery worker: {exc.format_message()}", "see: celery worker --help") from None
-    return int(code or 0)
+    except OSError as exc:  # a file named after "--" (--pidfile, --statedb, --logfile) that cannot be opened
+        raise WorkerError(f"celery worker could not start: {exc}", "check the paths given after --") from None
 
 
 # --------------------------------------------------------------------------- a worker in the background
@@ -267,8 +292,10 @@ class BackgroundWorker:
         if self.queue:
             argv += ["-Q", self.queue]
         env = {**os.environ, "CELERYCTL_BROKER_URL": self.broker_url, "PYTHONUNBUFFERED": "1"}
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "wb") as log:
+        from celeryctl.files import open_log, private_dir
+
+        private_dir(self.log_file.parent)
+        with open_log(self.log_file) as log:
             self.proc = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
             )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from celeryctl.errors import NodeError, NotInstalledError, PermissionDeniedError
+from celeryctl.errors import NotInstalledError, PermissionDeniedError, UsageError
 from celeryctl.rabbitmq.node import Node, pick_free_port
 from tests.conftest import CliRun, RabbitNode, fake_bin
 
@@ -20,11 +20,12 @@ def test_lifecycle_start_status_stop_restart(cli: CliRun, tmp_path: Path) -> Non
     r = cli("broker", "start", "--port", str(port), env=env)
     assert r.returncode == 0, r.output
     url = r.stdout.strip()
-    assert url == f"amqp://guest:guest@127.0.0.1:{port}/%2F"
+    assert url == f"amqp://guest:****@127.0.0.1:{port}/%2F"  # URLs are always shown masked
+    real_url = f"amqp://guest:guest@127.0.0.1:{port}/%2F"
     node = Node(tmp_path / "d" / "node")
     try:
         # the printed URL answers a real AMQP client
-        conn = pika.BlockingConnection(pika.URLParameters(url))
+        conn = pika.BlockingConnection(pika.URLParameters(real_url))
         conn.close()
         # data dir and cookie are private
         assert stat.S_IMODE(node.dir.stat().st_mode) == 0o700
@@ -44,7 +45,7 @@ def test_lifecycle_start_status_stop_restart(cli: CliRun, tmp_path: Path) -> Non
         # the settings default to the running node: no flags needed
         from celeryctl.settings import load_settings
 
-        assert load_settings(env=env, cwd=tmp_path).broker == url
+        assert load_settings(env=env, cwd=tmp_path).broker == real_url
 
         pids = node.processes()
         assert pids
@@ -53,7 +54,7 @@ def test_lifecycle_start_status_stop_restart(cli: CliRun, tmp_path: Path) -> Non
         assert node.processes() == []  # beam, epmd and children all gone
 
         st = cli("broker", "status", "--json", env=env)
-        assert st.returncode == 6 and st.json()["running"] is False
+        assert st.returncode == 6 and st.json()["error"]["details"]["running"] is False
 
         # restart reuses the port of last time
         r = cli("broker", "start", env=env)
@@ -67,7 +68,7 @@ def test_lifecycle_start_status_stop_restart(cli: CliRun, tmp_path: Path) -> Non
 
 def test_start_on_a_taken_port_names_it_and_suggests_another(cli: CliRun, tmp_path: Path) -> None:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("127.0.0.1", pick_free_port([], set())))  # in the node's range (0 would pick an ephemeral port)
         s.listen()
         port = s.getsockname()[1]
         r = cli("broker", "start", "--port", str(port), env={"CELERYCTL_DATA_DIR": str(tmp_path / "d")})
@@ -124,7 +125,7 @@ def test_session_node_is_private(rabbit: RabbitNode) -> None:
     assert rabbit.port < 32768
     users = rabbit.runner().json("list_users")
     assert {"user": "guest", "tags": ["administrator"]} in users
-    with pytest.raises(NodeError, match="not a valid TCP port"):
+    with pytest.raises(UsageError, match="out of range"):
         Node(rabbit.node.dir.parent / "other").start(0)
 
 

@@ -22,7 +22,9 @@ def test_wait_on_a_queue_without_consumers_warns(cli: CliRun, rabbit: RabbitNode
     assert r.stderr.splitlines()[-2:] == [
         f"error: task celeryctl.demo.add[{task_id[1]}] did not finish within 1 s (last state PENDING); "
         "it may still be running",
-        f"hint: wait longer with --timeout, or check later with the id {task_id[1]}",
+        f"hint: wait longer with --timeout; with the rpc:// backend only this process could receive the result of "
+        f"{task_id[1]}, a later one cannot: for results you can fetch later use a backend that stores them, "
+        "e.g. --backend db+sqlite:///results.db or redis://localhost:6379/0 (on the worker too)",
     ]
     assert "Traceback" not in r.output
     # the task was submitted and still waits in the queue

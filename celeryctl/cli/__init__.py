@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
+from types import FrameType
 from typing import Annotated
 
 import typer
 
 from celeryctl import __version__, render
 from celeryctl.cli import options
-from celeryctl.errors import CeleryctlError, ExitCode
+from celeryctl.errors import CeleryctlError, ExitCode, InterruptedError_
 
 try:  # typer >= 0.20 vendors click
-    from typer._click.exceptions import ClickException
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
 except ImportError:  # pragma: no cover - older typer uses click itself
-    from click.exceptions import ClickException  # type: ignore[assignment,no-redef]
+    from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[assignment,no-redef]
 
 app = typer.Typer(
     name="celeryctl",
@@ -86,24 +89,53 @@ def _debug() -> bool:
     return os.environ.get("CELERYCTL_DEBUG", "") not in ("", "0")
 
 
+def _report(exc: CeleryctlError, as_json: bool) -> None:
+    if as_json:
+        render.emit_json(render.error_doc(exc.to_dict()))
+    elif isinstance(exc, InterruptedError_):
+        render.err.print(f"interrupted: {exc.message}", markup=False)
+        for line in exc.stdout:
+            render.out.print(line, markup=False)
+    else:
+        tail = exc.details.get("log_tail") if isinstance(exc.details, dict) else None
+        render.print_error(exc.message, exc.hint, [str(x) for x in tail] if isinstance(tail, list) else None)
+
+
+def _watch_ctrl_c() -> threading.Event:
+    """Note every SIGINT (still raised as KeyboardInterrupt), so main() can tell typer's silent 130 apart."""
+    seen = threading.Event()
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when SIGINT is ignored
+
+        def on_sigint(signum: int, frame: FrameType | None) -> None:
+            seen.set()
+            signal.default_int_handler(signum, frame)
+
+        signal.signal(signal.SIGINT, on_sigint)
+    return seen
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and map every outcome to one exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     as_json = _wants_json(args)
+    ctrl_c = _watch_ctrl_c()
     try:
         rv = app(args=args, prog_name="celeryctl", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
+        if code == ExitCode.INTERRUPTED and ctrl_c.is_set():
+            # typer turns a Ctrl-C that no command caught into a plain 130, with nothing said.
+            _report(InterruptedError_("stopped by Ctrl-C", None), as_json)
     except CeleryctlError as exc:
-        if as_json:
-            render.emit_json(render.error_doc(exc.to_dict()))
-        else:
-            tail = exc.details.get("log_tail") if isinstance(exc.details, dict) else None
-            render.print_error(exc.message, exc.hint, [str(x) for x in tail] if isinstance(tail, list) else None)
+        _report(exc, as_json)
         if _debug():
             import traceback
 
             traceback.print_exc()
         code = int(exc.exit_code)
+    except NoArgsIsHelpError as exc:
+        # `celeryctl` (or a group such as `celeryctl broker`) alone asks for help: give it, on stdout.
+        render.out.print(exc.format_message(), markup=False)
+        code = int(ExitCode.OK)
     except ClickException as exc:
         if as_json:
             render.emit_json(
@@ -117,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
             rich_utils.rich_format_error(exc)
         code = exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
-        render.err.print("interrupted")
+        _report(InterruptedError_("stopped by Ctrl-C", None), as_json)
         code = int(ExitCode.INTERRUPTED)
     except typer.Exit as exc:
         code = exc.exit_code

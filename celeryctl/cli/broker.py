@@ -7,7 +7,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from celeryctl import render
-from celeryctl.cli.options import DataDirOpt, JsonOpt, resolve
+from celeryctl.broker import mask_url
+from celeryctl.cli.options import DataDirOpt, JsonOpt, port_parser, resolve, seconds_parser
+from celeryctl.errors import UnreachableError
+from celeryctl.rabbitmq.node import MAX_PORT, MIN_PORT
 from celeryctl.render import broker as view
 
 if TYPE_CHECKING:
@@ -45,20 +48,35 @@ def start(
     port: Annotated[
         int | None,
         typer.Option(
-            "--port", "-p", help="AMQP port on 127.0.0.1 (default 5672, or the port used last time)", show_default=False
+            "--port",
+            "-p",
+            metavar="PORT",
+            parser=port_parser(low=MIN_PORT, high=MAX_PORT),
+            help=f"AMQP port on 127.0.0.1, {MIN_PORT}-{MAX_PORT} (default 5672, or the port used last time); "
+            "distribution uses PORT+20000 when that is free and below 32768, else a free port",
+            show_default=False,
         ),
     ] = None,
     management: Annotated[
         bool, typer.Option("--management", help="Enable the management plugin (HTTP API and UI).")
     ] = False,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the node to answer.")] = 90.0,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout",
+            metavar="SECONDS",
+            parser=seconds_parser(allow_zero=False),
+            help="Seconds to wait for the node to answer.",
+        ),
+    ] = 90.0,
     data_dir: DataDirOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Start celeryctl's private RabbitMQ node and wait until it accepts AMQP connections.
 
     The node listens on 127.0.0.1 only, with its own data directory, Erlang cookie and epmd.
-    It prints the AMQP URL on stdout.  Already running: says so and exits 0.
+    It prints the AMQP URL (password masked) on stdout.  Already running: says so and exits 0;
+    running on another port than --port, or without --management when asked: exit 9.
     """
     node = _node(data_dir)
     with render.spinner("starting RabbitMQ", quiet=json_) as update:
@@ -67,7 +85,7 @@ def start(
         render.emit_json(
             render.ok_doc(
                 started=started,
-                url=info.url,
+                url=mask_url(info.url),
                 name=info.name,
                 pid=info.pid,
                 port=info.port,
@@ -95,14 +113,21 @@ def stop(data_dir: DataDirOpt = None, json_: JsonOpt = False) -> None:
 def status(data_dir: DataDirOpt = None, json_: JsonOpt = False) -> None:
     """Show whether the private node runs: pid, ports, RabbitMQ version, data dir.
 
-    Exits 0 when it runs, 6 when it does not.
+    Exits 0 when it runs, 6 when it does not (with --json: ok false, the status in error.details).
     """
     node = _node(data_dir)
     st = node.status()
     doc = st.to_dict()
+    if doc["url"]:
+        doc["url"] = mask_url(doc["url"])
+    if not st.running:
+        last = f" (it last ran on port {doc['port']})" if doc["port"] else " (it has never been started)"
+        raise UnreachableError(
+            f"celeryctl's node in {node.dir} is not running{last}",
+            "start it with: celeryctl broker start",
+            details=doc,
+        )
     if json_:
         render.emit_json(render.ok_doc(**doc))
     else:
-        view.show_status(doc, st.running)
-    if not st.running:
-        raise typer.Exit(6)
+        view.show_status(doc)

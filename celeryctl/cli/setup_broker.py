@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from celeryctl import render
-from celeryctl.cli.options import ConfigOpt, DataDirOpt, JsonOpt, resolve
-from celeryctl.errors import CeleryctlError
+from celeryctl.cli.options import ConfigOpt, DataDirOpt, JsonOpt, port_parser, resolve
+from celeryctl.errors import CeleryctlError, NotConfirmedError
 from celeryctl.rabbitmq import DEFAULT_PERMISSION, DEFAULT_USER, DEFAULT_VHOST
 from celeryctl.render import setup_broker as view
 
@@ -78,13 +78,18 @@ def setup_broker(
         typer.Option(
             "--host",
             metavar="HOST",
-            help="Host in the broker URL (default 127.0.0.1 for celeryctl's node, else localhost)",
+            help="Host in the broker URL; it must resolve (default 127.0.0.1 for celeryctl's node, else localhost)",
+            show_default=False,
         ),
     ] = None,
     port: Annotated[
         int | None,
         typer.Option(
-            "--port", metavar="PORT", help="AMQP port in the broker URL (default celeryctl's node's port, else 5672)"
+            "--port",
+            metavar="PORT",
+            parser=port_parser(),
+            help="AMQP port in the broker URL (default celeryctl's node's port, else 5672)",
+            show_default=False,
         ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
@@ -142,14 +147,25 @@ def setup_broker(
     )
     request.validate()  # before the spinner: bad input fails at once, with nothing asked of the node
     save_to = provision.settings_path(settings) if save and not dry_run else None
+    unsaved: list[str] = []  # the URL with a generated password, should the run fail once it may be set
     try:
         with render.spinner("setting up RabbitMQ", quiet=quiet) as update:
             result = provision.setup(
-                request, settings, node=node, host=host, port=port, dry_run=dry_run, save_to=save_to, on_progress=update
+                request,
+                settings,
+                node=node,
+                host=host,
+                port=port,
+                dry_run=dry_run,
+                save_to=save_to,
+                on_progress=update,
+                on_unsaved=unsaved.append,
             )
     except CeleryctlError as exc:
         if not json_:
             view.show_partial(exc)
+        if unsaved:
+            view.keep_password(exc, unsaved[-1], show_password=show_password, json_=json_)
         raise
     for message in result.warnings:
         if not quiet:
@@ -187,6 +203,8 @@ def _delete(
             result = provision.delete(
                 user, vhost, settings, confirm=confirm, node=node, dry_run=dry_run, on_progress=update
             )
+    except NotConfirmedError:
+        raise  # nothing was tried: no report of what was applied
     except CeleryctlError as exc:
         if not json_:
             view.show_partial(exc)

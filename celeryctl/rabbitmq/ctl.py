@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -27,6 +28,7 @@ from celeryctl.errors import (
     PermissionDeniedError,
     TimeoutError_,
     UnreachableError,
+    UsageError,
 )
 
 BIN_DIR_ENV = "CELERYCTL_RABBITMQ_BIN_DIR"
@@ -34,6 +36,35 @@ BIN_DIR_ENV = "CELERYCTL_RABBITMQ_BIN_DIR"
 # to the rabbitmq user when run as root, which a private node must not do).
 WELL_KNOWN_BIN_DIRS = ("/usr/lib/rabbitmq/bin", "/usr/local/sbin", "/usr/sbin", "/opt/homebrew/sbin")
 INSTALL_HINT = "install RabbitMQ with: celeryctl broker install"
+# Each rabbitmqctl call boots an Erlang node of its own that listens for distribution (on
+# 35672-35682 by default, every interface): for a node on this machine, loopback is enough.
+CTL_ERL_ARGS_ENV = "RABBITMQ_CTL_ERL_ARGS"
+LOOPBACK_CTL_ERL_ARGS = "-kernel inet_dist_use_interface {127,0,0,1}"
+RESOLVE_TIMEOUT = 3.0  # seconds for a remote node's host name to resolve (a dead DNS server takes 50 s)
+REMOTE_EPMD_TIMEOUT = 2.0
+
+_NODE_HEAD = re.compile(r"[A-Za-z0-9_-]+")
+_NODE_HOST = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+MAX_NODE_NAME = 255  # an Erlang atom
+
+
+def check_node_name(name: str, what: str = "the node name") -> str:
+    """A RabbitMQ node name, ``NAME@HOST``, as Erlang and rabbitmqctl accept it; else UsageError.
+
+    NAME is letters, digits, ``_`` and ``-``; HOST a host name or IPv4 address.  Checked before
+    any call, so a typo is one clear line instead of rabbitmqctl's output (or a long wait).
+    """
+    hint = "write it as NAME@HOST, e.g. rabbit@localhost (NAME: letters, digits, _ and -)"
+    head, at, host = name.partition("@")
+    if not at:
+        raise UsageError(f"{what} {name!r} is not NAME@HOST", hint)
+    if not _NODE_HEAD.fullmatch(head):
+        raise UsageError(f"{what} {name!r} has an invalid name part {head!r}", hint)
+    if not _NODE_HOST.fullmatch(host):
+        raise UsageError(f"{what} {name!r} has an invalid host part {host!r}", hint)
+    if len(name) > MAX_NODE_NAME:
+        raise UsageError(f"{what} is {len(name)} characters long, the limit is {MAX_NODE_NAME}", hint)
+    return name
 
 
 def find_bin_dir(env: Mapping[str, str] | None = None) -> Path | None:
@@ -162,7 +193,9 @@ def run_program(
             proc = _run(argv, full_env, stdin, timeout, subprocess.PIPE, subprocess.PIPE)
             out, err = proc.stdout, proc.stderr
         else:
-            with open(output, "w", encoding="utf-8") as log:
+            from celeryctl.files import open_log
+
+            with open_log(output) as log:
                 proc = _run(argv, full_env, stdin, timeout, log, subprocess.STDOUT)
             out, err = output.read_text(encoding="utf-8", errors="replace"), ""
     except subprocess.TimeoutExpired:
@@ -211,6 +244,10 @@ class Runner:
     timeout: float = 60.0
     calls: list[list[str]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if self.node is not None:
+            check_node_name(self.node, "--node")
+
     def executable(self, tool: str) -> str:
         bin_dir = self.bin_dir or require_bin_dir({**os.environ, **self.env})
         path = bin_dir / tool
@@ -220,9 +257,18 @@ class Runner:
 
     def argv(self, tool: str, args: Sequence[str]) -> list[str]:
         argv = [self.executable(tool)]
-        if self.node and tool in ("rabbitmqctl", "rabbitmq-diagnostics", "rabbitmq-plugins", "rabbitmq-queues"):
+        if self.node and tool in NODE_TOOLS:
             argv += ["-n", self.node]
+            if "." in self.node.partition("@")[2]:  # a fully qualified host: Erlang's long names
+                argv.append("--longnames")
         return argv + list(args)
+
+    def _env(self) -> dict[str, str]:
+        """The environment of a call: ``env``, and for a node on this machine a loopback-only CLI node."""
+        if not _is_local(self.node):
+            return self.env
+        own = self.env.get(CTL_ERL_ARGS_ENV, os.environ.get(CTL_ERL_ARGS_ENV, ""))
+        return {**self.env, CTL_ERL_ARGS_ENV: f"{LOOPBACK_CTL_ERL_ARGS} {own}".strip()}
 
     def run(
         self,
@@ -239,7 +285,7 @@ class Runner:
         self.calls.append(list(argv))
         result = run_program(
             argv,
-            env=self.env,
+            env=self._env(),
             stdin=stdin if stdin is not None else "",
             secrets=secrets,
             timeout=timeout or self.timeout,
@@ -256,18 +302,46 @@ class Runner:
         Saying so here costs no Erlang VM (0.4 s) and, unlike running the tool, does not leave
         an epmd daemon behind that the tool would have started.
         """
-        if not _is_local(self.node):
-            return
         port_text = {**os.environ, **self.env}.get("ERL_EPMD_PORT") or "4369"
         try:
             port = int(port_text)
         except ValueError:
+            return
+        if not _is_local(self.node):
+            assert self.node is not None  # None is the local system node
+            self._require_remote_epmd(self.node, port)
             return
         if not _epmd_answers(port):
             raise UnreachableError(
                 f"RabbitMQ node {self.node} is not running" if self.node else "the system RabbitMQ node is not running",
                 "start one with: celeryctl broker start (or start the system service)",
                 details={"epmd_port": port},
+            )
+
+    @staticmethod
+    def _require_remote_epmd(node: str, port: int) -> None:
+        """A remote node's host must resolve and its epmd answer, in seconds (rabbitmqctl waits ~50 s)."""
+        host = node.partition("@")[2]
+        hint = "check the node name (NAME@HOST) and that RabbitMQ runs there; rabbitmqctl needs its epmd (port 4369)"
+        try:
+            address = _resolve(host, RESOLVE_TIMEOUT)
+        except OSError as exc:
+            raise UnreachableError(
+                f"RabbitMQ node {node} is not reachable: host {host} does not resolve ({exc.strerror or exc})",
+                hint,
+                details={"node": node, "host": host},
+            ) from None
+        if address is None:
+            raise UnreachableError(
+                f"RabbitMQ node {node} is not reachable: host {host} did not resolve within {RESOLVE_TIMEOUT:g} s",
+                hint,
+                details={"node": node, "host": host},
+            )
+        if not _epmd_answers(port, address, REMOTE_EPMD_TIMEOUT):
+            raise UnreachableError(
+                f"RabbitMQ node {node} is not reachable: nothing answers on {host}:{port} (epmd)",
+                hint,
+                details={"node": node, "host": host, "epmd_port": port},
             )
 
     def json(self, *args: str, tool: str = "rabbitmqctl", **kwargs: Any) -> Any:
@@ -290,14 +364,39 @@ def _is_local(node: str | None) -> bool:
     return node is None or is_this_machine(node.rpartition("@")[2])
 
 
-def _epmd_answers(port: int) -> bool:
+def _epmd_answers(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
     import socket
 
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False
+
+
+def _resolve(host: str, timeout: float) -> str | None:
+    """An address of ``host``; None when the resolver did not answer within ``timeout`` seconds.
+
+    getaddrinfo cannot be interrupted: it runs in a daemon thread, left behind when it hangs.
+    """
+    import socket
+    import threading
+
+    answer: list[str] = []
+    failure: list[OSError] = []
+
+    def lookup() -> None:
+        try:
+            answer.append(str(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0]))
+        except OSError as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=lookup, name=f"resolve {host}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if failure:
+        raise failure[0]
+    return answer[0] if answer else None
 
 
 def _first_line(text: str) -> str:

@@ -26,12 +26,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from celeryctl import validate
 from celeryctl.broker import DEFAULT_PORT, MANAGEMENT_PORT, build_amqp_url
-from celeryctl.errors import CeleryctlError, NodeError, NotInstalledError, TimeoutError_, UnreachableError
+from celeryctl.errors import CeleryctlError, ConfigError, NodeError, NotInstalledError, TimeoutError_, UnreachableError
+from celeryctl.files import private_dir, write_file
 from celeryctl.probe import amqp_handshake, port_is_free
 from celeryctl.rabbitmq.ctl import BIN_DIR_ENV, Runner, installed_version, require_bin_dir, run_program
 
-MAX_PORT = 32767
+MIN_PORT = 1024  # below it only root may listen, and the node needs no root
+MAX_PORT = 32767  # the ephemeral range (32768-60999) gave ``eaddrinuse``
+DIST_OFFSET = 20000  # distribution on port+20000 and the node's epmd next to it, when below MAX_PORT
+EPMD_OFFSET = 100
 HOST = "127.0.0.1"
 DETACH_TIMEOUT = 60.0  # seconds for ``rabbitmq-server -detached`` to hand the node over and exit
 
@@ -102,7 +107,7 @@ def pid_alive(pid: int | None) -> bool:
 def pick_free_port(preferred: list[int], avoid: set[int]) -> int:
     """First free port from ``preferred``, else any free one below 32768."""
     for port in preferred:
-        if 1024 <= port <= MAX_PORT and port not in avoid and port_is_free(port):
+        if MIN_PORT <= port <= MAX_PORT and port not in avoid and port_is_free(port):
             return port
     rng = secrets.SystemRandom()
     for _ in range(200):
@@ -185,7 +190,7 @@ class Node:
             return None
 
     def _write_state(self, info: NodeInfo) -> None:
-        self.state_file.write_text(json.dumps(asdict(info), indent=2) + "\n")
+        write_file(self.state_file, json.dumps(asdict(info), indent=2) + "\n")
 
     def _read_pid(self) -> int | None:
         try:
@@ -218,21 +223,18 @@ class Node:
 
     # ----------------------------------------------------------------- start / stop
     def _prepare(self, info: NodeInfo, management: bool) -> None:
+        # The data directory holds the demo's log and the node's cookie: its owner's only.
         try:
-            for d in (self.dir, self.home, self.log_dir, self.dir / "mnesia"):
-                d.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.dir, 0o700)
-        except OSError as exc:
+            for d in (self.dir.parent, self.dir, self.home, self.log_dir, self.dir / "mnesia"):
+                private_dir(d)
+        except ConfigError as exc:  # not a directory, no room: a permission problem keeps its exit 5
             raise NodeError(
-                f"cannot use {self.dir} for the node: {exc.strerror or exc}",
+                f"cannot use {self.dir} for the node ({exc.message})",
                 "choose another directory with --data-dir (or CELERYCTL_DATA_DIR)",
             ) from None
         cookie = self.home / ".erlang.cookie"
         if not cookie.exists():
-            value = "".join(secrets.choice(string.ascii_uppercase) for _ in range(32))
-            fd = os.open(cookie, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(value)
+            write_file(cookie, "".join(secrets.choice(string.ascii_uppercase) for _ in range(32)), mode=0o400)
         conf = [
             f"listeners.tcp.default = {HOST}:{info.port}",
             "loopback_users.guest = true",
@@ -241,10 +243,10 @@ class Node:
         ]
         if management and info.management_port:
             conf += [f"management.tcp.port = {info.management_port}", f"management.tcp.ip = {HOST}"]
-        (self.dir / "rabbitmq.conf").write_text("\n".join(conf) + "\n")
-        (self.dir / "enabled_plugins").write_text("[rabbitmq_management].\n" if management else "[].\n")
-        (self.dir / "rabbitmq-env.conf").write_text("# celeryctl: settings come from the environment\n")
-        (self.dir / "advanced.config").write_text("[].\n")
+        write_file(self.dir / "rabbitmq.conf", "\n".join(conf) + "\n")
+        write_file(self.dir / "enabled_plugins", "[rabbitmq_management].\n" if management else "[].\n")
+        write_file(self.dir / "rabbitmq-env.conf", "# celeryctl: settings come from the environment\n")
+        write_file(self.dir / "advanced.config", "[].\n")
 
     def start(
         self,
@@ -261,13 +263,13 @@ class Node:
         say = on_progress or (lambda _msg: None)
         current = self.running_info()
         if current is not None:
+            self._check_running_matches(current, port, management)
             return current, False
         bin_dir = self.bin_dir
         previous = self.read_state()
         if port is None:
             port = previous.port if previous else DEFAULT_PORT
-        if not 1 <= port <= 65535:
-            raise NodeError(f"port {port} is not a valid TCP port", "pass --port between 1024 and 32767")
+        port = validate.port(port, "the port", low=MIN_PORT, high=MAX_PORT)
         if not port_is_free(port):
             suggestion = pick_free_port([port + i for i in range(1, 50)], set())
             raise NodeError(
@@ -276,9 +278,9 @@ class Node:
                 details={"port": port, "suggested_port": suggestion},
             )
         used = {port}
-        dist_port = dist_port or pick_free_port([port + 20000, port + 20001, port + 20002], used)
+        dist_port = dist_port or pick_free_port([port + DIST_OFFSET + i for i in range(3)], used)
         used.add(dist_port)
-        epmd_port = epmd_port or pick_free_port([dist_port + 100, dist_port + 101], used)
+        epmd_port = epmd_port or pick_free_port([dist_port + EPMD_OFFSET, dist_port + EPMD_OFFSET + 1], used)
         used.add(epmd_port)
         if management:
             management_port = management_port or pick_free_port([MANAGEMENT_PORT, port + 10000], used)
@@ -330,6 +332,20 @@ class Node:
             time.sleep(0.1)
         self._kill_leftovers(info)
         raise self._start_failed(info, f"AMQP did not answer on {HOST}:{port} within {timeout:.0f} s")
+
+    def _check_running_matches(self, current: NodeInfo, port: int | None, management: bool) -> None:
+        """A request the running node does not match is an error, not silently ignored."""
+        if port is not None and port != current.port:
+            raise NodeError(
+                f"celeryctl's node already runs on port {current.port} (pid {current.pid}), not on {port}",
+                f"stop it first: celeryctl broker stop, then celeryctl broker start --port {port}",
+                details={"port": current.port, "requested_port": port},
+            )
+        if management and current.management_port is None:
+            raise NodeError(
+                f"celeryctl's node already runs (pid {current.pid}) without the management plugin",
+                "stop it first: celeryctl broker stop, then celeryctl broker start --management",
+            )
 
     def _beam_running(self, info: NodeInfo) -> bool:
         needle = f"-sname {info.name}".encode()

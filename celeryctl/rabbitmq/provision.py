@@ -10,18 +10,32 @@ converges because every step is planned from the state found.
 
 from __future__ import annotations
 
+import errno
 import os
+import shlex
+import socket
 import stat
+import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from celeryctl.broker import DEFAULT_PORT, build_amqp_url, mask_url, url_password, url_user
-from celeryctl.errors import AccessRefusedError, CeleryctlError, NotConfirmedError, UnreachableError, UsageError
+from celeryctl import validate
+from celeryctl.broker import DEFAULT_PORT, BrokerUrl, build_amqp_url, mask_url, url_password, url_user
+from celeryctl.errors import (
+    AccessRefusedError,
+    CeleryctlError,
+    ConfigError,
+    ExitCode,
+    NotConfirmedError,
+    PermissionDeniedError,
+    UnreachableError,
+    UsageError,
+)
 from celeryctl.rabbitmq.apply import Progress, Verification, apply_plan, verify
-from celeryctl.rabbitmq.ctl import Runner
+from celeryctl.rabbitmq.ctl import Runner, check_node_name
 from celeryctl.rabbitmq.definitions import read_state
 from celeryctl.rabbitmq.plan import Plan, Request, plan_delete, plan_setup, validate_name, validate_password
 from celeryctl.settings import CONFIG_FILENAME, Settings, read_config_file, save_settings
@@ -57,6 +71,68 @@ def read_password(
     return None
 
 
+# --------------------------------------------------------------------------- checks before the first change
+# Everything that could fail after the node was changed is checked before it is: a run that
+# fails midway would leave a user whose generated password nobody has.
+
+MAX_HOST_BYTES = 253  # a DNS name
+
+
+def check_url(request: Request, host: str, port: int) -> None:
+    """The URL that will be saved parses as given (``--host``, ``--port``), and its host resolves."""
+    if host == "" or len(host.encode("utf-8", "surrogatepass")) > MAX_HOST_BYTES:
+        raise UsageError(
+            f"--host: {'an empty host' if not host else f'the host is longer than {MAX_HOST_BYTES} bytes'}",
+            "give a host name or an address, e.g. --host 127.0.0.1",
+        )
+    url = build_amqp_url(request.user, "****", host, port, request.vhost)
+    try:
+        parsed = BrokerUrl.parse(url, "--host/--port")
+        same = parsed.host.lower() == host.strip("[]").lower() and parsed.port == port
+    except ConfigError:
+        same = False
+    if not same or any(c.isspace() or not c.isprintable() for c in host):
+        raise UsageError(
+            f"--host: {host!r} is not a host name or an address", "e.g. --host 127.0.0.1 or --host rabbit.example.com"
+        )
+    try:
+        socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except UnicodeError:  # an IDNA label over 63 characters
+        raise UsageError(
+            f"--host: {host!r} is not a valid host name", "each part of a name has at most 63 characters"
+        ) from None
+    except socket.gaierror as exc:
+        raise UnreachableError(
+            f"--host: cannot resolve {host}: {exc.strerror}",
+            "check the name (it goes into the saved broker URL), or give an address, e.g. --host 127.0.0.1",
+        ) from None
+
+
+def check_settings_file(path: Path) -> None:
+    """The settings file can be written: its directory exists and takes a new file, it is no link,
+    and what it holds now parses (it is rewritten, not replaced)."""
+    hint = "use --config FILE in a directory you can write, or --no-save"
+    if path.is_symlink():
+        raise ConfigError(
+            f"settings file {path} is a symbolic link; celeryctl does not write a password through a link",
+            f"replace the link by the file itself, or {hint}",
+        )
+    if path.exists():
+        if not path.is_file():
+            raise ConfigError(f"settings file {path} is not a regular file", hint)
+        read_config_file(path)  # ConfigError naming the line when it does not parse
+    parent = path.parent
+    if not parent.is_dir():
+        raise ConfigError(f"cannot save the settings: the directory {parent} does not exist", f"create it, or {hint}")
+    try:  # a real file in that directory: os.access() says yes to root on read-only or immutable ones
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        cls = PermissionDeniedError if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else ConfigError
+        raise cls(f"cannot save the settings in {parent}: {exc.strerror}", hint) from None
+
+
 # --------------------------------------------------------------------------- target and the whole command
 
 
@@ -72,8 +148,14 @@ def resolve_target(settings: Settings, node: str | None, host: str | None, port:
     """``--node`` (or CELERYCTL_NODE) > celeryctl's running node > the system node."""
     from celeryctl.rabbitmq.node import HOST
 
+    if port is not None:
+        validate.port(port, "--port")
+    source = "--node" if node else settings.sources.get("node", "CELERYCTL_NODE")
     node = node or settings.node
+    if host and host.startswith("[") and host.endswith("]"):  # an IPv6 address as written in a URL
+        host = host[1:-1]
     if node:
+        check_node_name(node, source)  # a flag; CELERYCTL_NODE and the file were checked when loaded
         return Target(Runner(node=node), f"node {node}", host or "localhost", port or DEFAULT_PORT)
     private = settings.local_node()
     info = private.running_info()
@@ -164,17 +246,24 @@ def setup(
     save_to: Path | None = None,
     runner: Runner | None = None,
     on_progress: Progress | None = None,
+    on_unsaved: Callable[[str], None] | None = None,
 ) -> SetupResult:
     """Provision the user, vhost, tags and permissions; verify over AMQP; save the URL.
 
-    Everything is validated before the node is asked anything.  ``save_to`` None: do not save.
+    Everything is validated before the node is asked anything: the names, ``--node``, the URL
+    to be saved (its host resolves) and the settings file (``save_to``; None: do not save).
+    Should saving fail anyway, or Ctrl-C come, once the node may have been changed, the error
+    says so and ``on_unsaved`` gets the URL with a generated password that nobody has otherwise.
     """
     say = on_progress or (lambda _m: None)
     request.validate()
+    target = resolve_target(settings, node, host, port)
+    check_url(request, target.host, target.port)
+    if save_to is not None and not dry_run:
+        check_settings_file(save_to)
     if not dry_run:
         # pika's import (~70 ms) overlaps the rabbitmqctl calls instead of delaying the verification.
         threading.Thread(target=_preload_pika, daemon=True).start()
-    target = resolve_target(settings, node, host, port)
     if runner is not None:
         target.runner = runner
     say(f"reading users, vhosts and permissions on {target.description}")
@@ -189,16 +278,19 @@ def setup(
         result.url = build_amqp_url(request.user, plan.password, target.host, target.port, request.vhost)
     if dry_run:
         return result
-    apply_plan(target.runner, plan, say)
-    if result.url is None:
-        result.verification = Verification(None, "the password is unknown")
-    else:
-        say(f"verifying: logging in as {request.user} on vhost {request.vhost} at {target.host}:{target.port}")
-        result.verification = verify(result.url, request)
-        if not result.verification.ok:
-            raise _verification_failed(result.verification, result.url, plan)
-    if save_to is not None:
-        _save(result, settings, save_to)
+    try:
+        apply_plan(target.runner, plan, say)
+        if result.url is None:
+            result.verification = Verification(None, "the password is unknown")
+        else:
+            say(f"verifying: logging in as {request.user} on vhost {request.vhost} at {target.host}:{target.port}")
+            result.verification = verify(result.url, request)
+            if not result.verification.ok:
+                raise _verification_failed(result.verification, result.url, plan)
+        if save_to is not None:
+            _save(result, settings, save_to, on_unsaved)
+    except KeyboardInterrupt:
+        raise _interrupted(result, on_unsaved) from None
     return result
 
 
@@ -231,7 +323,70 @@ def _verification_failed(verification: Verification, url: str, plan: Plan) -> Ce
     )
 
 
-def _save(result: SetupResult, settings: Settings, save_to: Path) -> None:
+def _keep_password(result: SetupResult, on_unsaved: Callable[[str], None] | None) -> None:
+    """Hand a generated password that may now be the user's to ``on_unsaved``."""
+    if result.plan.password_generated and result.url is not None and on_unsaved is not None:
+        on_unsaved(result.url)
+
+
+def _again(result: SetupResult) -> str:
+    """The way out once the node has the user but celeryctl's settings do not have its password."""
+    plan = result.plan
+    base = f"celeryctl setup-broker --user {shlex.quote(plan.user)} --vhost {shlex.quote(plan.vhost)}"
+    if plan.password_generated:
+        return (
+            f"then, if you have the password, save it with `{base} --password-stdin`; "
+            f"else set a new one with `{base} --rotate-password`"
+        )
+    return "then run the same command again: it changes only what is missing and saves the URL"
+
+
+def _not_saved(
+    result: SetupResult, save_to: Path, cause: CeleryctlError | OSError, on_unsaved: Callable[[str], None] | None
+) -> CeleryctlError:
+    denied = isinstance(cause, (PermissionError, PermissionDeniedError)) or (
+        isinstance(cause, OSError) and cause.errno in (errno.EPERM, errno.EROFS)
+    )
+    reason = cause.message if isinstance(cause, CeleryctlError) else (cause.strerror or str(cause))
+    _keep_password(result, on_unsaved)
+    what = "the broker was changed" if result.plan.changed else "the broker is set up"
+    password = f" (a new password for '{result.plan.user}')" if result.plan.password_generated else ""
+    cls: type[CeleryctlError] = PermissionDeniedError if denied else ConfigError
+    return cls(
+        f"{what}{password} but the settings were NOT saved: cannot write {save_to}: {reason}",
+        f"fix that (or use --config FILE), {_again(result)}",
+        code="settings_not_saved",
+        details={
+            "broker_changed": result.plan.changed,
+            "saved": False,
+            "settings_file": str(save_to),
+            "url": mask_url(result.url) if result.url else None,
+            "password_generated": result.plan.password_generated,
+            "items": [i.to_dict() for i in result.plan.items],
+        },
+    )
+
+
+def _interrupted(result: SetupResult, on_unsaved: Callable[[str], None] | None) -> CeleryctlError:
+    _keep_password(result, on_unsaved)
+    changed = "may have been changed" if result.plan.changed else "was not changed"
+    return CeleryctlError(
+        f"interrupted: the broker {changed} and the settings were not saved",
+        f"check with `celeryctl setup-broker --dry-run`; {_again(result)}",
+        code="interrupted",
+        exit_code=ExitCode.INTERRUPTED,
+        details={
+            "broker_changed": None if result.plan.changed else False,
+            "saved": False,
+            "url": mask_url(result.url) if result.url else None,
+            "password_generated": result.plan.password_generated,
+        },
+    )
+
+
+def _save(
+    result: SetupResult, settings: Settings, save_to: Path, on_unsaved: Callable[[str], None] | None = None
+) -> None:
     """Write the URL to the settings file (mode 0600) unless it is already there."""
     if result.url is None:
         result.warnings.append("nothing saved: the URL has no password")
@@ -244,7 +399,10 @@ def _save(result: SetupResult, settings: Settings, save_to: Path) -> None:
         )
     result.settings_changed = _saved_url(save_to) != result.url or not _private(save_to)
     if result.settings_changed:
-        save_settings(save_to, {"broker_url": result.url})
+        try:
+            save_settings(save_to, {"broker_url": result.url})
+        except (CeleryctlError, OSError) as exc:  # the checks passed, yet the disk said no (full, raced)
+            raise _not_saved(result, save_to, exc, on_unsaved) from None
 
 
 def delete(
@@ -273,8 +431,9 @@ def delete(
         return result
     if not confirm(plan):
         raise NotConfirmedError(
-            f"not deleting user '{user}' and vhost '{vhost}' (with all its queues and messages)",
-            "add --yes to confirm",
+            f"not confirmed: deleting user '{user}' and vhost '{vhost}' (with all its queues and messages); "
+            "nothing was deleted",
+            "add --yes to delete them (or run it on a terminal to be asked)",
             details={"items": [i.to_dict() for i in plan.items]},
         )
     apply_plan(target.runner, plan, say)

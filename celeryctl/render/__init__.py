@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.text import Text
 
     out: Console
     err: Console
@@ -28,7 +29,9 @@ def __getattr__(name: str) -> Console:
     if name not in _consoles:
         from rich.console import Console
 
-        _consoles[name] = Console(stderr=name == "err", highlight=False, soft_wrap=True)
+        # emoji=False: a ":x:" in a task's result or an exception is text, not an emoji; user text
+        # in markup strings goes through escape(), in tables through literal().
+        _consoles[name] = Console(stderr=name == "err", highlight=False, soft_wrap=True, emoji=False)
     return _consoles[name]
 
 
@@ -41,6 +44,13 @@ def escape(text: str) -> str:
     from rich.markup import escape as _escape
 
     return _escape(text)
+
+
+def literal(text: object, style: str = "") -> Text:
+    """A table cell or line that Rich shows exactly as given: no markup, no emoji."""
+    from rich.text import Text
+
+    return Text(str(text), style=style)
 
 
 def emit_json(doc: dict[str, Any]) -> None:

@@ -45,7 +45,7 @@ def print_queues(report: QueueReport) -> None:
     if report.queues:
         render.out.print(queue_table(report.queues, title=report_title(report)))
     else:
-        render.out.print(f"no queues on vhost {report.vhost}")
+        render.out.print(f"no queues on vhost {render.escape(report.vhost)}")
     warn_missing(report)
 
 

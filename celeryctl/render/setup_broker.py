@@ -84,3 +84,20 @@ def show_partial(exc: CeleryctlError) -> None:
     items = exc.details.get("items") if isinstance(exc.details, dict) else None
     if isinstance(items, list):
         render.err.print(items_table(items, "what was applied before the failure"))
+
+
+def keep_password(exc: CeleryctlError, url: str, *, show_password: bool, json_: bool) -> None:
+    """A generated password that may now be the user's and is saved nowhere: keep it reachable.
+
+    In the ``--json`` error with ``--show-password``; printed once on stderr when it is a
+    terminal (or when ``--show-password`` asked for it), never into a file or a pipe otherwise.
+    """
+    from celeryctl.broker import url_password
+
+    password = url_password(url) or ""
+    if show_password:
+        exc.details["url"] = url
+        exc.details["password"] = password
+    if render.err.is_terminal or (show_password and not json_):
+        render.warn("the new password is saved nowhere and is shown this once; keep it:")
+        render.err.print(f"  {password}", markup=False, highlight=False)

@@ -81,9 +81,9 @@ def _workers(view: TopView) -> Panel:
         table.add_column(col, justify=justify, no_wrap=col == "worker", ratio=1 if col == "worker" else None)  # type: ignore[arg-type]
     for w in view.workers:
         table.add_row(
-            w.name,
+            render.literal(w.name),
             Text("online", style="green") if w.online else Text("offline", style="bold red"),
-            w.pool or "-",
+            render.literal(w.pool or "-"),
             str(w.concurrency) if w.concurrency is not None else "-",
             str(w.processed),
             str(w.active),
@@ -119,7 +119,9 @@ def _running(view: TopView, limit: int = 10) -> Panel:
     table.add_column("worker", no_wrap=True)
     table.add_column("runtime", justify="right")
     for task, runtime in view.running[:limit]:
-        table.add_row(task.name, task.uuid[:8], task.worker, duration(runtime))
+        table.add_row(
+            render.literal(task.name), render.literal(task.uuid[:8]), render.literal(task.worker), duration(runtime)
+        )
     more = len(view.running) - limit
     title = f"Running {len(view.running)}" + (f" (showing {limit})" if more > 0 else "")
     body: RenderableType = table if view.running else Text("nothing running", style="dim")
@@ -134,7 +136,7 @@ def _queues(view: TopView) -> Panel:
     table.add_column("consumers", justify="right")
     for q in view.queues:
         table.add_row(
-            q.name,
+            render.literal(q.name),
             Text(str(q.ready), style="bold yellow" if q.ready else ""),
             "-" if q.unacked is None else str(q.unacked),
             Text(str(q.consumers), style="bold red" if q.consumers == 0 and q.ready else ""),
@@ -153,7 +155,12 @@ def _failures(view: TopView, limit: int = 5) -> Panel:
     table.add_column("exception", style="red", overflow="fold", ratio=1)
     for f in view.failures[:limit]:
         when = time.strftime("%H:%M:%S", time.localtime(f.when))
-        table.add_row(when, f.name + (" (retry)" if f.retried else ""), f.worker, f.exception)
+        table.add_row(
+            when,
+            render.literal(f.name + (" (retry)" if f.retried else "")),
+            render.literal(f.worker),
+            render.literal(f.exception),
+        )
     body: RenderableType = table if view.failures else Text("no failures", style="dim")
     return Panel(body, title="Last failures", title_align="left", border_style="red" if view.failures else "blue")
 
