@@ -283,20 +283,9 @@ def _command_paths() -> list[list[str]]:
 
 
 TYPE_PLACEHOLDER = re.compile(r"<[a-z][a-z_\[\]|, .]*>|\{[A-Za-z_]+\}")
-# Commands whose help other branches of issue 11 rewrite (they own the files).
-OWNED_ELSEWHERE = {"broker start"}
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(reason="owned by another branch", strict=False))
-        if " ".join(p) in OWNED_ELSEWHERE
-        else p
-        for p in _command_paths()
-    ],
-    ids=lambda p: " ".join(p) or "root",
-)
+@pytest.mark.parametrize("path", _command_paths(), ids=lambda p: " ".join(p) or "root")
 def test_help_uses_plain_placeholders(cli: CliRun, path: list[str]) -> None:
     r = cli(*path, "--help")
     assert r.returncode == 0, r.output
