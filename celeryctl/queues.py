@@ -11,7 +11,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from celeryctl.broker import QueueReport, app_queue_names, close_quietly, connect, list_queues, parse, queue_depth
+from celeryctl.broker import (
+    QueueReport,
+    app_queue_names,
+    close_quietly,
+    connect,
+    ensure_reachable,
+    list_queues,
+    parse,
+    queue_depth,
+)
 from celeryctl.celeryapp import app_broker, named_app
 from celeryctl.errors import AccessRefusedError, CeleryctlError
 
@@ -26,6 +35,9 @@ def queues_report(settings: Settings, names: Iterable[str] = (), *, include_inte
     url = app_broker(app) if app is not None else settings.broker
     default = app_queue_names(app) if app is not None else ["celery"]
     asked = list(names)
+    # rabbitmqctl reads the node as its admin: the URL's own user must be able to log in first
+    # (exit 7), or a wrong password would list queues it may not see.
+    ensure_reachable(url)
     report = list_queues(url, settings, [*default, *asked], include_internal=include_internal)
     report.missing = [m for m in report.missing if m in asked]
     return report

@@ -274,15 +274,14 @@ def _convert(key: Key, value: Any, source: str) -> Any:
     if key.type is Path:
         return Path(value).expanduser()
     if key.type is float:
+        from celeryctl import validate
+        from celeryctl.errors import UsageError
+
         try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"{key.name} (from {source}) must be a number of seconds, got {value!r}", f"for example {key.env}=2.5"
-            ) from None
-        if not number > 0:
-            raise ConfigError(f"{key.name} (from {source}) must be more than 0, got {value!r}")
-        return number
+            return validate.seconds(value, f"{key.name} (from {source})", allow_zero=False)
+        except UsageError as exc:
+            example = f"{key.name} = 2.5" if source.startswith("file") else f"{key.env}=2.5"
+            raise ConfigError(exc.message, f"for example {example}", details={"key": key.name}) from None
     return value
 
 

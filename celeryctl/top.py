@@ -374,6 +374,8 @@ class TopSession:
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
+        """Check the broker and the URL's login (exit 6 or 7), then start the events and poll threads."""
+        ensure_reachable(self.url)
         for target, name in ((self._events_loop, "celeryctl-top-events"), (self._poll_loop, "celeryctl-top-poll")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -398,7 +400,6 @@ class TopSession:
 
     def collect(self, duration: float) -> TopView:
         """Run for ``duration`` seconds (events and one queue poll) and return the view."""
-        ensure_reachable(self.url)
         self.start()
         try:
             started = time.monotonic()

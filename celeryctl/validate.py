@@ -41,6 +41,18 @@ def port(value: object, what: str = "the port", *, low: int = MIN_PORT, high: in
     return number
 
 
+def count(value: object, what: str = "the number", *, low: int = 1, high: int | None = None) -> int:
+    """A whole number from ``low`` to ``high`` (no upper bound when ``high`` is None)."""
+    try:
+        number = int(str(value).strip(), 10)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} must be a whole number, got {value!r}", f"for example {low}") from None
+    if number < low or (high is not None and number > high):
+        bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise UsageError(f"{what} must be {bound}, got {number}")
+    return number
+
+
 def queue_name(value: str, what: str = "the queue name") -> str:
     """A queue name RabbitMQ accepts: non-empty, at most 255 bytes of UTF-8, no NUL."""
     if value == "":

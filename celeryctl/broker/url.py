@@ -5,11 +5,13 @@ the few helpers that build or mask URLs.  Nothing else in celeryctl splits a URL
 from __future__ import annotations
 
 import ipaddress
+import math
+import re
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 from celeryctl.errors import ConfigError
 
@@ -22,6 +24,16 @@ DEFAULT_PORT = DEFAULT_PORTS["amqp"]
 MANAGEMENT_PORT = 15672
 URL_HINT = "use amqp://USER:PASSWORD@HOST:PORT/VHOST"
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+MAX_HOST_BYTES, MAX_LABEL_BYTES = 253, 63  # RFC 1035
+# Underscores are not DNS, but /etc/hosts and container networks resolve them.
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?", re.IGNORECASE)
+# The query options kombu's Connection takes from a broker URL (any other one is a TypeError in
+# kombu), plus every ``ssl_*`` option, which kombu folds into ``ssl``.  kombu takes
+# ``connect_timeout`` too, but passes it on as text: every connection then fails (TypeError).
+QUERY_OPTIONS = ("heartbeat", "ssl", "login_method", "insist")
+LOGIN_METHODS = ("AMQPLAIN", "PLAIN", "EXTERNAL", "GSSAPI")  # py-amqp's; any other is a ValueError
+SSL_CERT_REQS = ("CERT_REQUIRED", "CERT_OPTIONAL", "CERT_NONE", "required", "optional", "none")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 # --------------------------------------------------------------------------- hosts
@@ -45,7 +57,96 @@ def is_this_machine(host: str) -> bool:
     return host.lower() in (name, name.split(".")[0])
 
 
+def _shown(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` (as a URL gives it, without brackets) cannot be a broker's host, or None."""
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"'{_shown(host)}' is not a valid IPv6 address"
+        return None
+    name = host[:-1] if host.endswith(".") else host
+    labels = name.split(".")
+    if all(label.isdigit() for label in labels):
+        try:
+            ipaddress.IPv4Address(name)
+        except ValueError:
+            return f"'{_shown(host)}' is not a valid IPv4 address"
+        return None
+    encoded: list[str] = []
+    for label in labels:
+        if not label:
+            return f"'{_shown(host)}' has an empty label (two dots in a row, or a leading dot)"
+        try:  # the form a resolver is given (punycode for a name that is not ASCII)
+            ascii_label = label if label.isascii() else label.encode("idna").decode("ascii")
+        except UnicodeError:
+            return f"'{_shown(host)}' is not a valid host name"
+        if len(ascii_label) > MAX_LABEL_BYTES:
+            return f"the label '{_shown(label)}' is {len(ascii_label)} bytes long, the limit is {MAX_LABEL_BYTES}"
+        if not _LABEL.fullmatch(ascii_label):
+            return f"'{_shown(host)}' is not a valid host name (letters, digits, '-' and '.' only)"
+        encoded.append(ascii_label)
+    size = len(".".join(encoded))
+    if size > MAX_HOST_BYTES:
+        return f"the host name is {size} bytes long, the limit is {MAX_HOST_BYTES}"
+    return None
+
+
+def query_problem(key: str, value: str) -> str | None:
+    """Why kombu (which Celery uses) would fail on, or misread, the URL query option ``key=value``."""
+    shown = f"?{key}={_shown(value)}"
+    if key.startswith("ssl_"):
+        if key == "ssl_cert_reqs" and value not in SSL_CERT_REQS:
+            return f"{shown} must be one of {', '.join(SSL_CERT_REQS)}"
+        return None
+    if key == "connect_timeout":
+        return f"{shown} reaches the connection as text and breaks it; drop it (Celery's broker_connection_timeout sets it)"
+    if key not in QUERY_OPTIONS:
+        return f"?{key}= is not an option kombu knows (known: {', '.join(QUERY_OPTIONS)}, ssl_*)"
+    if key == "heartbeat":
+        try:
+            number = float(value)
+        except ValueError:
+            return f"{shown} is not a number of seconds"
+        if not math.isfinite(number) or number < 0:
+            return f"{shown} must be a finite number of seconds, 0 or more"
+    if key == "login_method" and value not in LOGIN_METHODS:
+        return f"{shown} must be one of {', '.join(LOGIN_METHODS)}"
+    if key == "ssl":
+        if value.lower() in _FALSE:
+            return f"{shown} would turn TLS on (kombu reads any value as on): drop ?ssl= for a plain connection"
+        if value.lower() not in _TRUE:
+            return f"{shown} must be true or 1 (or use amqps://)"
+    return None
+
+
 # --------------------------------------------------------------------------- URLs
+
+
+def _query_turns_tls_on(text: str, where: str) -> bool:
+    """Check a URL's query as kombu reads it (:class:`ConfigError` naming the option); does it
+    turn TLS on (``?ssl=1``, any ``ssl_*``)?"""
+    query = dict(parse_qsl(text, keep_blank_values=True))
+    for key, val in query.items():
+        problem = query_problem(key, val)
+        if problem is not None:
+            raise ConfigError(
+                f"broker URL{where} has an invalid option: {problem}",
+                f"fix or drop ?{key}= (kombu reads the query as options of its Connection)",
+                details={"option": key},
+            )
+    ssl_keys = [k for k in query if k.startswith("ssl_")]
+    if "ssl" in query and ssl_keys:  # kombu would set an item of the string "1"
+        raise ConfigError(
+            f"broker URL{where} has an invalid option: ?ssl= cannot be combined with ?{ssl_keys[0]}=",
+            "drop ?ssl=: the ssl_* options turn TLS on by themselves",
+            details={"option": "ssl"},
+        )
+    return "ssl" in query or bool(ssl_keys)
 
 
 @dataclass(frozen=True)
@@ -72,6 +173,7 @@ class BrokerUrl:
     user: str
     password: str | None
     vhost: str
+    ssl_option: bool = False  # ``?ssl=1``: kombu connects with TLS, as for amqps://
 
     @classmethod
     def parse(cls, value: str | Sequence[str], source: str = "") -> BrokerUrl:
@@ -83,12 +185,15 @@ class BrokerUrl:
             raise ConfigError(f"broker URL{where} is empty", URL_HINT)
         hosts: list[Host] = []
         first = None
+        ssl_option = False
         for url in urls:
             try:
                 parts = urlsplit(url)
                 port = parts.port
-            except ValueError as exc:
+            except ValueError as exc:  # unbalanced brackets, a bad IPv6 literal, a port out of range
                 raise ConfigError(f"broker URL{where} is invalid: {exc}", URL_HINT) from None
+            if port == 0:  # urlsplit allows it; kombu would silently use the default port instead
+                raise ConfigError(f"broker URL{where} is invalid: Port 0 is out of range 1-65535", URL_HINT)
             if parts.scheme not in SCHEMES:
                 raise ConfigError(
                     f"broker URL{where} has scheme '{parts.scheme or '(none)'}', expected amqp:// or amqps://",
@@ -96,8 +201,13 @@ class BrokerUrl:
                 )
             if not parts.hostname:
                 raise ConfigError(f"broker URL{where} has no host", URL_HINT)
-            hosts.append(Host(parts.hostname, port or DEFAULT_PORTS[parts.scheme]))
-            first = first or parts
+            problem = host_problem(parts.hostname)
+            if problem is not None:
+                raise ConfigError(f"broker URL{where} has an invalid host: {problem}", URL_HINT)
+            tls = _query_turns_tls_on(parts.query, where) or parts.scheme == "amqps"
+            hosts.append(Host(parts.hostname, port or DEFAULT_PORTS["amqps" if tls else parts.scheme]))
+            if first is None:
+                first, ssl_option = parts, tls and parts.scheme != "amqps"
         assert first is not None
         return cls(
             raw=value if isinstance(value, str) else ";".join(urls),
@@ -107,6 +217,7 @@ class BrokerUrl:
             user=unquote(first.username or "guest"),
             password=unquote(first.password) if first.password is not None else None,
             vhost=unquote(first.path[1:]) if len(first.path) > 1 else "/",
+            ssl_option=ssl_option,
         )
 
     @property
@@ -124,7 +235,7 @@ class BrokerUrl:
 
     @property
     def tls(self) -> bool:
-        return self.scheme == "amqps"
+        return self.scheme == "amqps" or self.ssl_option
 
     @property
     def masked(self) -> str:
@@ -153,8 +264,13 @@ class BrokerUrl:
         import pika
 
         # kombu reads the vhost as everything after the first slash ("//" is "/"); pika wants it quoted.
-        parts = urlsplit(self.url.replace("pyamqp://", "amqp://", 1))
-        params = pika.URLParameters(urlunsplit(parts._replace(path="/" + quote(self.vhost, safe=""))))
+        # The query is kombu's (ssl_*, login_method: unknown to pika, which raises on them); the
+        # timeouts below replace it.
+        parts = urlsplit(self.url)
+        bare = parts._replace(
+            scheme="amqps" if self.tls else "amqp", path="/" + quote(self.vhost, safe=""), query="", fragment=""
+        )
+        params = pika.URLParameters(urlunsplit(bare))
         params.socket_timeout = timeout
         params.blocked_connection_timeout = timeout
         params.stack_timeout = timeout * 2

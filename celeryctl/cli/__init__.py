@@ -67,13 +67,15 @@ from celeryctl.cli import worker as worker_cmd  # noqa: E402
 
 app.command("demo")(demo_cmd.demo)
 app.command("setup-broker")(setup_broker_cmd.setup_broker)
-app.command("worker", context_settings={"allow_interspersed_args": True})(worker_cmd.worker)
-app.command("submit")(submit_cmd.submit)
+app.command("worker", cls=options.PlainHelpCommand, context_settings={"allow_interspersed_args": True})(
+    worker_cmd.worker
+)
+app.command("submit", cls=options.PlainHelpCommand)(submit_cmd.submit)
 app.command("doctor")(doctor_cmd.doctor)
 app.command("status")(status_cmd.status)
 app.command("top")(top_cmd.top)
 app.command("queues")(queues_cmd.queues)
-app.command("purge")(queues_cmd.purge)
+app.command("purge", cls=options.PlainHelpCommand)(queues_cmd.purge)
 app.command("flower")(flower_cmd.flower)
 app.add_typer(broker.app, name="broker")
 

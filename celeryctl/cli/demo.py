@@ -9,22 +9,42 @@ from typing import Annotated
 import typer
 
 from celeryctl import render
-from celeryctl.cli.options import BrokerOpt, DataDirOpt, JsonOpt, resolve
-from celeryctl.errors import ExitCode
+from celeryctl.cli.options import BrokerOpt, DataDirOpt, JsonOpt, count_parser, port_parser, resolve, seconds_parser
+from celeryctl.errors import ExitCode, UsageError
 from celeryctl.render.submit import live_state
 
 
 def demo(
     seconds: Annotated[
-        int, typer.Option("--seconds", help="How long longtime_add runs (it reports progress each second).")
+        int,
+        typer.Option(
+            "--seconds",
+            parser=count_parser(low=0, high=3600),
+            metavar="N",
+            help="How long longtime_add runs, 0-3600 (it reports progress each second).",
+        ),
     ] = 5,
     port: Annotated[
         int | None,
         typer.Option(
-            "--port", "-p", help="AMQP port when the private node has to be started (default 5672).", show_default=False
+            "--port",
+            "-p",
+            parser=port_parser(low=1024, high=32767),
+            metavar="PORT",
+            help="AMQP port when the private node has to be started, 1024-32767 (default 5672).",
+            show_default=False,
         ),
     ] = None,
-    timeout: Annotated[float, typer.Option("--timeout", "-t", help="Seconds to wait for the result.")] = 60.0,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout",
+            "-t",
+            parser=seconds_parser(allow_zero=False),
+            metavar="SECONDS",
+            help="Seconds to wait for the result.",
+        ),
+    ] = 60.0,
     save: Annotated[
         bool,
         typer.Option("--save/--no-save", help="Save the provisioned broker URL to celeryctl.toml (mode 0600)."),
@@ -42,6 +62,11 @@ def demo(
     longtime_add(1, 2), shows its progress, prints the result and stops the worker.  The broker
     keeps running (celeryctl broker stop stops it).
     """
+    if seconds >= timeout:
+        raise UsageError(
+            f"longtime_add would run {seconds} s, longer than --timeout {timeout:g} s allows",
+            f"pass --timeout {seconds + 30} or fewer --seconds",
+        )
     from celeryctl import submit as core
     from celeryctl.tutorial import prepare_broker
     from celeryctl.worker import demo_session

@@ -8,7 +8,7 @@ import typer
 
 from celeryctl import render
 from celeryctl.cli import options
-from celeryctl.cli.options import AppOpt, BackendOpt, BrokerOpt, DataDirOpt, JsonOpt, VerboseOpt
+from celeryctl.cli.options import AppOpt, BackendOpt, BrokerOpt, DataDirOpt, JsonOpt, VerboseOpt, seconds_parser
 
 
 def doctor(
@@ -20,9 +20,10 @@ def doctor(
         float | None,
         typer.Option(
             "--timeout",
-            help="Seconds to wait for TCP, the AMQP handshake and the login "
+            parser=seconds_parser(minimum=0.1),
+            metavar="SECONDS",
+            help="Seconds to wait for TCP, the AMQP handshake and the login, at least 0.1 "
             "(env CELERYCTL_DOCTOR_TIMEOUT; default 2.0).",
-            min=0.1,
             show_default=False,
         ),
     ] = None,
@@ -30,8 +31,10 @@ def doctor(
         float | None,
         typer.Option(
             "--ping-timeout",
-            help="Seconds to wait for workers to answer the ping (env CELERYCTL_PING_TIMEOUT; default 1.0).",
-            min=0.05,
+            parser=seconds_parser(minimum=0.05),
+            metavar="SECONDS",
+            help="Seconds to wait for workers to answer the ping, at least 0.05 "
+            "(env CELERYCTL_PING_TIMEOUT; default 1.0).",
             show_default=False,
         ),
     ] = None,

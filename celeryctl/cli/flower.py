@@ -7,18 +7,21 @@ from typing import Annotated
 
 import typer
 
-from celeryctl.cli.options import AppOpt, BackendOpt, BrokerOpt, DataDirOpt, resolve
+from celeryctl.cli.options import AppOpt, BackendOpt, BrokerOpt, DataDirOpt, port_parser, resolve
 
 
 def flower(
-    port: Annotated[int, typer.Option("--port", "-p", help="HTTP port for Flower.")] = 5555,
+    port: Annotated[
+        int, typer.Option("--port", "-p", parser=port_parser(), metavar="PORT", help="HTTP port for Flower.")
+    ] = 5555,
     address: Annotated[
-        str, typer.Option("--address", help="Address to listen on; other than loopback needs --basic-auth.")
+        str, typer.Option("--address", metavar="ADDRESS", help="Address to listen on; other than loopback needs --basic-auth.")
     ] = "127.0.0.1",
     basic_auth: Annotated[
         str | None,
         typer.Option(
             "--basic-auth",
+            metavar="USER[:PASSWORD]",
             help="USER:PASSWORD for HTTP basic auth, or USER to be asked for the password "
             "(env CELERYCTL_FLOWER_BASIC_AUTH; prefer the variable: a flag is visible in the process list).",
             show_default=False,
@@ -28,7 +31,7 @@ def flower(
         bool, typer.Option("--unsafe-no-auth", help="Allow a non-loopback address without authentication.")
     ] = False,
     url_prefix: Annotated[
-        str | None, typer.Option("--url-prefix", help="Serve under this path (behind a proxy).", show_default=False)
+        str | None, typer.Option("--url-prefix", metavar="PATH", help="Serve under this path (behind a proxy).", show_default=False)
     ] = None,
     app_spec: AppOpt = None,
     broker: BrokerOpt = None,

@@ -6,9 +6,143 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from celeryctl import render
 from celeryctl.settings import Settings, load_settings
+
+# --------------------------------------------------------------------------- value parsers
+# Typer ``parser=`` callables built on celeryctl.validate: a bad value is a usage error (exit 2)
+# naming the flag and its value, raised before anything runs ("Invalid value for '--timeout':
+# must be a finite number of seconds, got 'nan' (for example 2.5)").
+
+
+def _bad_parameter(exc: Exception) -> typer.BadParameter:
+    from celeryctl.errors import CeleryctlError
+
+    if isinstance(exc, CeleryctlError):
+        message = exc.message.strip()
+        return typer.BadParameter(f"{message} ({exc.hint})" if exc.hint else message)
+    return typer.BadParameter(str(exc))
+
+
+def seconds_parser(*, minimum: float = 0.0, allow_zero: bool = True) -> Any:
+    """A parser for a duration option: a finite number of seconds, at least ``minimum``."""
+    from celeryctl import validate
+    from celeryctl.errors import UsageError
+
+    def parse(value: str | float) -> float:
+        if isinstance(value, float):  # a default
+            return value
+        try:
+            return validate.seconds(value, "", minimum=minimum, allow_zero=allow_zero)
+        except UsageError as exc:
+            raise _bad_parameter(exc) from None
+
+    return parse
+
+
+def port_parser(*, low: int = 1, high: int = 65535) -> Any:
+    """A parser for a port option: an integer from ``low`` to ``high``."""
+    from celeryctl import validate
+    from celeryctl.errors import UsageError
+
+    def parse(value: str | int) -> int:
+        if isinstance(value, int):  # a default
+            return value
+        try:
+            return validate.port(value, "", low=low, high=high)
+        except UsageError as exc:
+            raise _bad_parameter(exc) from None
+
+    return parse
+
+
+def count_parser(*, low: int = 1, high: int | None = None) -> Any:
+    """A parser for a whole-number option (a count, a priority): from ``low`` to ``high``."""
+    from celeryctl import validate
+    from celeryctl.errors import UsageError
+
+    def parse(value: str | int) -> int:
+        if isinstance(value, int):  # a default
+            return value
+        try:
+            return validate.count(value, "", low=low, high=high)
+        except UsageError as exc:
+            raise _bad_parameter(exc) from None
+
+    return parse
+
+
+def parse_queue_name(value: str) -> str:
+    """A parser for a queue-name option (``-Q``): non-empty, at most 255 bytes."""
+    from celeryctl import validate
+    from celeryctl.errors import UsageError
+
+    try:
+        return validate.queue_name(value)
+    except UsageError as exc:
+        raise _bad_parameter(exc) from None
+
+
+def parse_queue_list(value: str) -> str:
+    """A parser for a comma-separated list of queue names (``worker -Q a,b``): each one checked."""
+    from celeryctl import validate
+    from celeryctl.errors import UsageError
+
+    try:
+        for name in value.split(","):
+            if name.strip():
+                validate.queue_name(name.strip())
+    except UsageError as exc:
+        raise _bad_parameter(exc) from None
+    return value
+
+
+# --------------------------------------------------------------------------- help
+
+
+def _argument_name(param: Any, *, usage: bool) -> str:
+    name = str(param.metavar or param.name.upper())
+    if param.nargs != 1 and not name.endswith("..."):
+        name += "..."
+    return f"[{name}]" if usage and not param.required else name
+
+
+class PlainHelpCommand(TyperCommand):
+    """A command whose help names each argument by its metavar alone (``submit [OPTIONS] TASK
+    [ARGS...]``), where typer writes ``{TASK}`` in the usage line and ``<list[str]>`` beside it.
+    Register commands that take arguments with ``app.command(NAME, cls=PlainHelpCommand)``."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                pieces.append(_argument_name(param, usage=True))
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        arguments: list[tuple[str, str]] = []
+        opts: list[tuple[str, str]] = []
+        for param in self.get_params(ctx):
+            if getattr(param, "hidden", False):
+                continue
+            if param.param_type_name == "argument":
+                arguments.append((_argument_name(param, usage=False), getattr(param, "help", None) or ""))
+            else:
+                record = param.get_help_record(ctx)
+                if record is not None:
+                    opts.append(record)
+        for title, rows in (("Arguments", arguments), ("Options", opts)):
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+# --------------------------------------------------------------------------- options
+
 
 ConfigOpt = Annotated[
     Path | None,
@@ -24,6 +158,7 @@ BrokerOpt = Annotated[
     typer.Option(
         "--broker",
         "-b",
+        metavar="URL",
         help="Broker URL (env CELERYCTL_BROKER_URL; default celeryctl's node, else amqp://guest@localhost:5672//)",
         show_default=False,
     ),
@@ -31,7 +166,9 @@ BrokerOpt = Annotated[
 BackendOpt = Annotated[
     str | None,
     typer.Option(
-        "--backend", help="Result backend URL (env CELERYCTL_RESULT_BACKEND; default rpc://)", show_default=False
+        "--backend",
+        metavar="URL",
+        help="Result backend URL (env CELERYCTL_RESULT_BACKEND; default rpc://)", show_default=False
     ),
 ]
 AppOpt = Annotated[
@@ -39,6 +176,7 @@ AppOpt = Annotated[
     typer.Option(
         "--app",
         "-A",
+        metavar="MODULE[:ATTR]",
         help="Celery app MODULE[:ATTRIBUTE] (env CELERYCTL_APP; default the built-in demo app)",
         show_default=False,
     ),
@@ -60,6 +198,8 @@ QueueNamesOpt = Annotated[
     typer.Option(
         "--queue",
         "-Q",
+        parser=parse_queue_name,
+        metavar="QUEUE",
         help="Also look up this queue (repeat it); needed for queues other than the app's on a remote broker.",
         show_default=False,
     ),
@@ -89,59 +229,3 @@ def resolve(config: Path | None = None, **flags: Any) -> Settings:
     for message in settings.warnings:
         render.warn(message)
     return settings
-
-
-# --------------------------------------------------------------------------- value parsers
-# Typer ``parser=`` callables built on celeryctl.validate: a bad value is a usage error (exit 2)
-# naming the flag's value, raised before anything runs.
-
-
-def _bad_parameter(exc: Exception) -> typer.BadParameter:
-    from celeryctl.errors import CeleryctlError
-
-    if isinstance(exc, CeleryctlError) and exc.hint:
-        return typer.BadParameter(f"{exc.message} ({exc.hint})")
-    return typer.BadParameter(str(exc))
-
-
-def seconds_parser(*, minimum: float = 0.0, allow_zero: bool = True) -> Any:
-    """A parser for a duration option: a finite number of seconds, at least ``minimum``."""
-    from celeryctl import validate
-    from celeryctl.errors import UsageError
-
-    def parse(value: str | float) -> float:
-        if isinstance(value, float):  # a default
-            return value
-        try:
-            return validate.seconds(value, "the value", minimum=minimum, allow_zero=allow_zero)
-        except UsageError as exc:
-            raise _bad_parameter(exc) from None
-
-    return parse
-
-
-def port_parser(*, low: int = 1, high: int = 65535) -> Any:
-    """A parser for a port option: an integer from ``low`` to ``high``."""
-    from celeryctl import validate
-    from celeryctl.errors import UsageError
-
-    def parse(value: str | int) -> int:
-        if isinstance(value, int):  # a default
-            return value
-        try:
-            return validate.port(value, "the port", low=low, high=high)
-        except UsageError as exc:
-            raise _bad_parameter(exc) from None
-
-    return parse
-
-
-def parse_queue_name(value: str) -> str:
-    """A parser for a queue-name option (``-Q``): non-empty, at most 255 bytes."""
-    from celeryctl import validate
-    from celeryctl.errors import UsageError
-
-    try:
-        return validate.queue_name(value)
-    except UsageError as exc:
-        raise _bad_parameter(exc) from None

@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from celeryctl import render
-from celeryctl.cli.options import AllOpt, AppOpt, BrokerOpt, DataDirOpt, JsonOpt, QueueNamesOpt, resolve
+from celeryctl.cli.options import (
+    AllOpt,
+    AppOpt,
+    BrokerOpt,
+    DataDirOpt,
+    JsonOpt,
+    QueueNamesOpt,
+    parse_queue_name,
+    resolve,
+)
 from celeryctl.errors import NotConfirmedError
 
 
@@ -37,7 +46,9 @@ def queues(
 
 
 def purge(
-    queue: Annotated[str, typer.Argument(help="The queue to empty.", show_default=False)],
+    queue: Annotated[
+        str, typer.Argument(parser=parse_queue_name, metavar="QUEUE", help="The queue to empty.", show_default=False)
+    ],
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (required when not on a terminal).")
     ] = False,

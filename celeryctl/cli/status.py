@@ -7,11 +7,27 @@ from typing import Annotated
 import typer
 
 from celeryctl import render
-from celeryctl.cli.options import AllOpt, AppOpt, BackendOpt, BrokerOpt, DataDirOpt, JsonOpt, QueueNamesOpt, resolve
+from celeryctl.cli.options import (
+    AllOpt,
+    AppOpt,
+    BackendOpt,
+    BrokerOpt,
+    DataDirOpt,
+    JsonOpt,
+    QueueNamesOpt,
+    resolve,
+    seconds_parser,
+)
 
 TimeoutOpt = Annotated[
     float,
-    typer.Option("--timeout", "-t", help="Seconds to wait for workers to answer.", min=0.1),
+    typer.Option(
+        "--timeout",
+        "-t",
+        parser=seconds_parser(minimum=0.1),
+        metavar="SECONDS",
+        help="Seconds to wait for workers to answer (at least 0.1).",
+    ),
 ]
 
 

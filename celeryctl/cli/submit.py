@@ -8,17 +8,35 @@ from typing import Annotated, Any
 import typer
 
 from celeryctl import render
-from celeryctl.cli.options import AppOpt, BackendOpt, BrokerOpt, DataDirOpt, JsonOpt, VerboseOpt, resolve
+from celeryctl.cli.options import (
+    AppOpt,
+    BackendOpt,
+    BrokerOpt,
+    DataDirOpt,
+    JsonOpt,
+    VerboseOpt,
+    count_parser,
+    parse_queue_name,
+    resolve,
+    seconds_parser,
+)
 from celeryctl.errors import ExitCode, UsageError
 from celeryctl.render.submit import bar, live_state
 
 
 def submit(
-    task: Annotated[str, typer.Argument(help="Task name: short (add) or full (test_celery.tasks.longtime_add).")],
+    task: Annotated[
+        str,
+        typer.Argument(
+            metavar="TASK", help="Task name: short (add) or full (test_celery.tasks.longtime_add).", show_default=False
+        ),
+    ],
     args: Annotated[
         list[str] | None,
         typer.Argument(
-            help='Positional arguments; each is read as JSON when it parses (1, true, "x"), else as a string.'
+            metavar="ARGS...",
+            help='Positional arguments; each is read as JSON when it parses (1, true, "x"), else as a string.',
+            show_default=False,
         ),
     ] = None,
     kw: Annotated[
@@ -26,13 +44,19 @@ def submit(
         typer.Option(
             "--kw",
             "-k",
+            metavar="KEY=VALUE",
             help="Keyword argument KEY=VALUE (VALUE read as JSON when it parses); repeatable.",
             show_default=False,
         ),
     ] = None,
     kwargs_json: Annotated[
         str | None,
-        typer.Option("--kwargs", help='Keyword arguments as one JSON object, e.g. {"seconds": 2}.', show_default=False),
+        typer.Option(
+            "--kwargs",
+            metavar="JSON",
+            help='Keyword arguments as one JSON object, e.g. {"seconds": 2}.',
+            show_default=False,
+        ),
     ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", "-w", help="Wait for the result, with a live display on stderr.")
@@ -40,30 +64,55 @@ def submit(
     timeout: Annotated[
         float | None,
         typer.Option(
-            "--timeout", "-t", help="With --wait: give up waiting after this many seconds (exit 8).", show_default=False
+            "--timeout",
+            "-t",
+            parser=seconds_parser(allow_zero=False),
+            metavar="SECONDS",
+            help="With --wait: give up waiting after this many seconds (exit 8).",
+            show_default=False,
         ),
     ] = None,
     countdown: Annotated[
         float | None,
-        typer.Option("--countdown", help="Run no earlier than this many seconds from now.", show_default=False),
+        typer.Option(
+            "--countdown",
+            parser=seconds_parser(),
+            metavar="SECONDS",
+            help="Run no earlier than this many seconds from now.",
+            show_default=False,
+        ),
     ] = None,
     eta: Annotated[
         str | None,
         typer.Option(
-            "--eta", help="Run no earlier than this ISO 8601 time (UTC when no zone is given).", show_default=False
+            "--eta", metavar="ISO8601", help="Run no earlier than this ISO 8601 time (UTC when no zone is given).", show_default=False
         ),
     ] = None,
     queue: Annotated[
         str | None,
-        typer.Option("--queue", "-Q", help="Queue to send to (default: the app's routing).", show_default=False),
+        typer.Option(
+            "--queue",
+            "-Q",
+            parser=parse_queue_name,
+            metavar="QUEUE",
+            help="Queue to send to (default: the app's routing).",
+            show_default=False,
+        ),
     ] = None,
     priority: Annotated[
-        int | None, typer.Option("--priority", help="Message priority 0-9.", show_default=False)
+        int | None,
+        typer.Option(
+            "--priority", parser=count_parser(low=0, high=9), metavar="N", help="Message priority 0-9.", show_default=False
+        ),
     ] = None,
     count: Annotated[
         int,
         typer.Option(
-            "--count", "-n", help="Submit this many copies (progress bars for publishing and, with --wait, completion)."
+            "--count",
+            "-n",
+            parser=count_parser(low=1),
+            metavar="N",
+            help="Submit this many copies (progress bars for publishing and, with --wait, completion)."
         ),
     ] = 1,
     app_spec: AppOpt = None,
@@ -83,12 +132,8 @@ def submit(
     from celeryctl import submit as core
 
     # Argument errors first: they must not pay for importing Celery.
-    if count < 1:
-        raise UsageError(f"--count must be at least 1, got {count}")
     if countdown is not None and eta is not None:
         raise UsageError("--countdown and --eta cannot be used together", "pick one")
-    if timeout is not None and timeout <= 0:
-        raise UsageError(f"--timeout must be positive, got {timeout:g}")
     core.check_priority(priority)
     task_args = core.parse_args(args)
     task_kwargs = core.parse_kwargs(kw, kwargs_json)

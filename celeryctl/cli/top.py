@@ -7,15 +7,38 @@ from typing import Annotated
 import typer
 
 from celeryctl import render
-from celeryctl.cli.options import AppOpt, BackendOpt, BrokerOpt, DataDirOpt, JsonOpt, QueueNamesOpt, resolve
+from celeryctl.cli.options import (
+    AppOpt,
+    BackendOpt,
+    BrokerOpt,
+    DataDirOpt,
+    JsonOpt,
+    QueueNamesOpt,
+    resolve,
+    seconds_parser,
+)
 
 
 def top(
     duration: Annotated[
         float,
-        typer.Option("--duration", "-d", help="When not on a terminal: seconds to collect events before the snapshot."),
+        typer.Option(
+            "--duration",
+            "-d",
+            parser=seconds_parser(),
+            metavar="SECONDS",
+            help="When not on a terminal: seconds to collect events before the snapshot.",
+        ),
     ] = 2.0,
-    refresh: Annotated[float, typer.Option("--refresh", help="Seconds between queue-depth polls.", min=0.2)] = 2.0,
+    refresh: Annotated[
+        float,
+        typer.Option(
+            "--refresh",
+            parser=seconds_parser(minimum=0.2),
+            metavar="SECONDS",
+            help="Seconds between queue-depth polls (at least 0.2).",
+        ),
+    ] = 2.0,
     json_: JsonOpt = False,
     queue: QueueNamesOpt = None,
     app_spec: AppOpt = None,

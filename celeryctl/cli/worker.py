@@ -6,45 +6,70 @@ from typing import Annotated
 
 import typer
 
-from celeryctl.cli.options import AppOpt, BackendOpt, BrokerOpt, DataDirOpt, resolve
+from celeryctl.cli.options import (
+    AppOpt,
+    BackendOpt,
+    BrokerOpt,
+    DataDirOpt,
+    count_parser,
+    parse_queue_list,
+    resolve,
+    seconds_parser,
+)
 from celeryctl.render.worker import banner
 
 
 def worker(
     extra: Annotated[
         list[str] | None,
-        typer.Argument(help="Options for Celery's own worker, after --, e.g. -- --max-tasks-per-child 100"),
+        typer.Argument(
+            metavar="CELERY_ARGS...",
+            help="Options for Celery's own worker, after --, e.g. -- --max-tasks-per-child 100",
+            show_default=False,
+        ),
     ] = None,
     app_spec: AppOpt = None,
     concurrency: Annotated[
         int | None,
-        typer.Option("--concurrency", "-c", help="Worker processes (default: the number of CPUs).", show_default=False),
+        typer.Option(
+            "--concurrency",
+            "-c",
+            parser=count_parser(low=1),
+            metavar="N",
+            help="Worker processes (default: the number of CPUs).",
+            show_default=False,
+        ),
     ] = None,
     queues: Annotated[
         list[str] | None,
         typer.Option(
             "--queues",
             "-Q",
+            parser=parse_queue_list,
+            metavar="QUEUES",
             help="Queues to consume, comma-separated or repeated (default celery).",
             show_default=False,
         ),
     ] = None,
     loglevel: Annotated[
-        str, typer.Option("--loglevel", "-l", help="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+        str, typer.Option("--loglevel", "-l", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     ] = "INFO",
     pool: Annotated[
         str | None,
-        typer.Option("--pool", "-P", help="prefork (default), solo, threads, eventlet or gevent.", show_default=False),
+        typer.Option("--pool", "-P", metavar="POOL", help="prefork (default), solo, threads, eventlet or gevent.", show_default=False),
     ] = None,
     hostname: Annotated[
         str | None,
-        typer.Option("--hostname", "-n", help="Node name, e.g. w1@%h (default celery@HOST).", show_default=False),
+        typer.Option("--hostname", "-n", metavar="NAME", help="Node name, e.g. w1@%h (default celery@HOST).", show_default=False),
     ] = None,
     beat: Annotated[bool, typer.Option("--beat", "-B", help="Also run the beat scheduler in this worker.")] = False,
     wait_for_broker: Annotated[
         float,
         typer.Option(
-            "--wait-for-broker", help="Keep trying to reach the broker for this many seconds before giving up."
+            "--wait-for-broker",
+            parser=seconds_parser(),
+            metavar="SECONDS",
+            help="Keep trying to reach the broker for this many seconds before giving up."
         ),
     ] = 0.0,
     durable: Annotated[
