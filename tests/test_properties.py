@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import signal
@@ -48,7 +49,7 @@ from hypothesis import strategies as st
 from tests.conftest import RabbitNode, Vhost, VhostFactory, fake_bin
 
 EXIT_CODES = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 130}  # README "Exit codes", 70 left out on purpose
-INPROCESS_DEADLINE = 25.0
+INPROCESS_DEADLINE = 10.0
 SUBPROCESS_DEADLINE = 40.0
 
 SETTINGS = settings(
@@ -108,6 +109,9 @@ def run_inprocess(argv: list[str], env: dict[str, str], cwd: Path, deadline: flo
         raise _Deadline()
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
+    pika_log = logging.getLogger("pika")
+    pika_level = pika_log.level
+    pika_log.setLevel(logging.CRITICAL)  # in the report only: pytest's log capture would keep every record
     start = time.monotonic()
     try:
         os.environ.clear()
@@ -125,6 +129,7 @@ def run_inprocess(argv: list[str], env: dict[str, str], cwd: Path, deadline: flo
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        pika_log.setLevel(pika_level)
         os.environ.clear()
         os.environ.update(saved_env)
         os.chdir(saved_cwd)
@@ -194,6 +199,17 @@ def violations(outcome: Outcome, *, report_on_failure: bool = False) -> list[tup
     for name, text in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
         if "Traceback (most recent call last)" in text:
             found.append(("traceback", f"on {name}: {_traceback_tail(text)}"))
+    found += _output_violations(outcome, code, report_on_failure)
+    if code not in (0, None):
+        noise = [line for line in outcome.stderr.splitlines() if _LOG_RECORD.search(line)]
+        if noise:
+            found.append(("log records or warnings on stderr", noise[0][:160]))
+    return found
+
+
+def _output_violations(outcome: Outcome, code: int, report_on_failure: bool) -> list[tuple[str, str]]:
+    """One JSON document under --json (an error document on failure), else one error line on failure."""
+    found: list[tuple[str, str]] = []
     args = outcome.argv[: outcome.argv.index("--")] if "--" in outcome.argv else outcome.argv
     if "--json" in args and "--help" not in args:
         try:
@@ -215,7 +231,13 @@ def violations(outcome: Outcome, *, report_on_failure: bool = False) -> list[tup
     return found
 
 
+# A library's log record or a Python warning reaching the user instead of celeryctl's one line.
+_LOG_RECORD = re.compile(r"^(ERROR|CRITICAL|WARNING|INFO|DEBUG)[: ]|^\[\d{4}-\d\d-\d\d|\w+Warning: ")
+
+
 def _first_error(outcome: Outcome) -> str:
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        return str(json.loads(outcome.stdout)["error"]["message"])[:200]
     lines = error_lines(outcome.stderr) or (outcome.stderr.strip() or outcome.stdout.strip()).splitlines()[:1]
     return lines[0][:200] if lines else "(no output)"
 
@@ -345,42 +367,58 @@ class Env:
 
 
 def broker_urls(env: Env) -> st.SearchStrategy[str]:
-    port = str(env.rabbit.port)
-    parts = st.tuples(
-        st.sampled_from(["amqp", "amqp", "pyamqp", "amqps", "redis", "http", "", "AMQP"]),
-        st.sampled_from(["guest", "guest", "", "gu:est", "g%40x", "ü", "a/b", "%zz", "us er"]),
-        st.sampled_from(["guest", "guest", "", "p@ss", "p:w", "%", "pa/ss", "ü", "x" * 300]),
-        st.sampled_from(
-            [
-                "127.0.0.1",
-                "127.0.0.1",
-                "localhost",
-                "",
-                "a" * 64,
-                ".".join(["a" * 63] * 5),
-                "exa mple",
-                "bad_host!",
-                "[::1]",
-                "[::1",
-                "256.1.1.1",
-                "-leading",
-                "ünïcode.invalid",
-                "h\x01st",
-            ]
-        ),
-        st.sampled_from([port, port, port, "", "0", "65536", "-1", "abc", "99999999999999999999", str(env.closed_port)]),
-        st.sampled_from([env.vhost.name, env.vhost.name, "", "%2F", "nosuch", "v" * 300, "v%ZZ", "ü"]),
-        st.sampled_from(
-            ["", "", "?heartbeat=abc", "?connect_timeout=nan", "?heartbeat=-1", "?ssl=maybe", "?x", "?heartbeat=1e999"]
-        ),
-    )
+    """The throwaway vhost's URL with one or two of its parts replaced by generated ones (or a refusing port)."""
+    good = {
+        "scheme": "amqp",
+        "user": "guest",
+        "password": "guest",
+        "host": "127.0.0.1",
+        "port": str(env.rabbit.port),
+        "vhost": env.vhost.name,
+        "query": "",
+    }
+    bad = {
+        "scheme": ["pyamqp", "amqps", "redis", "http", "", "AMQP", "amqp+x"],
+        "user": ["", "gu:est", "g%40x", "ü", "a/b", "%zz", "us er", "nosuch"],
+        "password": ["", "p@ss", "p:w", "%", "pa/ss", "ü", "x" * 300, "wrong"],
+        "host": [
+            "localhost",
+            "",
+            "a" * 64,
+            ".".join(["a" * 63] * 5),
+            "exa mple",
+            "bad_host!",
+            "[::1]",
+            "[::1",
+            "256.1.1.1",
+            "-leading",
+            "ünïcode.invalid",
+            "h\x01st",
+        ],
+        "port": ["", "0", "65536", "-1", "abc", "99999999999999999999", "1.5", str(env.closed_port)],
+        "vhost": ["", "%2F", "nosuch", "v" * 300, "v%ZZ", "ü"],
+        "query": [
+            "?heartbeat=abc",
+            "?heartbeat=-1",
+            "?heartbeat=1e999",
+            "?connect_timeout=nan",
+            "?connect_timeout=-5",
+            "?ssl=maybe",
+            "?x",
+            "?heartbeat=10",
+        ],
+    }
 
-    def build(p: tuple[str, ...]) -> str:
-        scheme, user, password, host, port_, vhost, query = p
-        cred = f"{user}:{password}@" if (user or password) else ""
-        return f"{scheme}://{cred}{host}{':' + port_ if port_ else ''}/{vhost}{query}"
+    @st.composite
+    def mutated(draw: Any) -> str:
+        parts = dict(good)
+        for key in draw(st.lists(st.sampled_from(sorted(bad)), min_size=1, max_size=2)):
+            parts[key] = draw(st.sampled_from(bad[key]))
+        cred = f"{parts['user']}:{parts['password']}@" if (parts["user"] or parts["password"]) else ""
+        port = f":{parts['port']}" if parts["port"] else ""
+        return f"{parts['scheme']}://{cred}{parts['host']}{port}/{parts['vhost']}{parts['query']}"
 
-    return st.one_of(st.just(env.good_url), st.just(env.refused_url), parts.map(build))
+    return st.one_of(mutated(), st.just(env.refused_url))
 
 
 def settings_files(env: Env) -> st.SearchStrategy[str | bytes | None]:
@@ -447,52 +485,86 @@ def prop_env(rabbit: RabbitNode, make_vhost: VhostFactory, tmp_path_factory: pyt
     return Env(rabbit, make_vhost("props"), closed, base, root)
 
 
-def _with_broker(env: Env, draw: Any, argv: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Name the broker by flag or environment, generated; the rest of the environment is the base."""
-    url = draw(broker_urls(env))
-    how = draw(st.sampled_from(["flag", "flag", "env"]))
-    run_env = dict(env.base_env)
-    if how == "flag":
-        return [*argv, "--broker", url], run_env
-    run_env["CELERYCTL_BROKER_URL"] = url
-    return argv, run_env
-
-
 # --------------------------------------------------------------------------- families
+
+
+def _pick(draw: Any, mutated: set[str], aspect: str, good: st.SearchStrategy[Any], bad: st.SearchStrategy[Any]) -> Any:
+    """A valid value, or a generated (mostly bad) one when this aspect is the one being mutated."""
+    return draw(bad if aspect in mutated else good)
+
+
+def _mutations(draw: Any, aspects: list[str]) -> set[str]:
+    """Which aspects of an otherwise valid command get generated values: none, one or two of them."""
+    return set(draw(st.lists(st.sampled_from(aspects), max_size=2)))
+
+
+NONE: st.SearchStrategy[list[str]] = st.just([])
+SUBMIT_ASPECTS = ["task", "args", "kw", "kwargs", "timing", "queue", "priority", "count", "wait", "broker"]
 
 
 def test_submit_with_generated_input(prop_env: Env) -> None:
     findings = Findings("submit")
 
-    @settings(SETTINGS, max_examples=70)
+    @settings(SETTINGS, max_examples=80)
     @given(st.data())
     def run(data: st.DataObject) -> None:
         draw = data.draw
-        argv = ["submit", draw(task_names), *draw(st.lists(json_or_not, max_size=3))]
-        for item in draw(st.lists(kw_items, max_size=2)):
+        m = _mutations(draw, SUBMIT_ASPECTS)
+        argv = ["submit", _pick(draw, m, "task", st.sampled_from(["add", "celeryctl.demo.add", "mul"]), task_names)]
+        argv += _pick(draw, m, "args", st.just(["1", "2"]), st.lists(json_or_not, max_size=3))
+        for item in _pick(draw, m, "kw", NONE, st.lists(kw_items, min_size=1, max_size=2)):
             argv += ["-k", item]
+        argv += _pick(draw, m, "kwargs", NONE, kwargs_json.map(lambda v: ["--kwargs", v]))
+        argv += _pick(
+            draw,
+            m,
+            "timing",
+            st.sampled_from([[], ["--countdown", "1"], ["--eta", "2030-01-01T00:00:00"]]),
+            st.one_of(
+                numbers(waits=False).map(lambda v: ["--countdown", v]),
+                eta_values.map(lambda v: ["--eta", v]),
+                st.just(["--countdown", "1", "--eta", "2030-01-01T00:00:00"]),
+            ),
+        )
+        argv += _pick(
+            draw, m, "queue", st.sampled_from([[], ["--queue", "celery"], ["-Q", "hyp-q"]]), queue_names.map(lambda q: ["--queue", q])
+        )
+        argv += _pick(
+            draw,
+            m,
+            "priority",
+            st.sampled_from([[], ["--priority", "0"], ["--priority", "9"]]),
+            st.sampled_from(["10", "-1", "nan", "5.5", "abc", "", str(2**64)]).map(lambda v: ["--priority", v]),
+        )
+        argv += _pick(
+            draw,
+            m,
+            "count",
+            st.sampled_from([[], ["--count", "2"]]),
+            st.sampled_from(["0", "-1", "nan", "abc", "1.5", "", str(2**64)]).map(lambda v: ["--count", v]),
+        )
+        # No worker consumes the throwaway vhost: a valid wait ends with --timeout (exit 8).
+        argv += _pick(
+            draw,
+            m,
+            "wait",
+            st.sampled_from([[], ["--wait", "--timeout", "0.5"]]),
+            numbers(waits=True).map(lambda v: ["--wait", "--timeout", v]),
+        )
+        argv += ["--json"] * draw(st.booleans())
+        url = _pick(draw, m, "broker", st.just(prop_env.good_url), broker_urls(prop_env))
+        run_env = dict(prop_env.base_env)
         if draw(st.booleans()):
-            argv += ["--kwargs", draw(kwargs_json)]
-        choice = draw(st.sampled_from(["", "countdown", "eta", "both"]))
-        if choice in ("countdown", "both"):
-            argv += ["--countdown", draw(numbers(waits=False))]
-        if choice in ("eta", "both"):
-            argv += ["--eta", draw(eta_values)]
-        if draw(st.booleans()):
-            argv += ["--queue", draw(queue_names)]
-        if draw(st.booleans()):
-            argv += ["--priority", draw(st.sampled_from(["0", "9", "10", "-1", "nan", "5.5", "abc", str(2**64)]))]
-        if draw(st.booleans()):
-            argv += ["--count", draw(st.sampled_from(["1", "2", "0", "-1", "nan", "abc", "1.5", str(2**64)]))]
-        if draw(st.booleans()):  # no worker consumes the throwaway vhost: every wait is bounded
-            argv += ["--wait", "--timeout", draw(numbers(waits=True))]
-        if draw(st.booleans()):
-            argv.append("--json")
-        argv, run_env = _with_broker(prop_env, draw, argv)
+            argv += ["--broker", url]
+        else:
+            run_env["CELERYCTL_BROKER_URL"] = url
         findings.check(run_inprocess(argv, run_env, prop_env.workdir()))
 
     run()
     findings.assert_none()
+
+
+MONITOR_ASPECTS = ["queue", "timeout", "ping", "broker", "yes"]
 
 
 def test_monitoring_commands_with_generated_input(prop_env: Env) -> None:
@@ -503,28 +575,28 @@ def test_monitoring_commands_with_generated_input(prop_env: Env) -> None:
     def run(data: st.DataObject) -> None:
         draw = data.draw
         command = draw(st.sampled_from(["status", "queues", "purge", "doctor"]))
+        m = _mutations(draw, MONITOR_ASPECTS)
         argv = [command]
         if command == "purge":
-            argv.append(draw(queue_names))
-            if draw(st.integers(0, 3)):
-                argv.append("--yes")
+            argv.append(_pick(draw, m, "queue", st.sampled_from(["celery", "hyp-none"]), queue_names))
+            argv += _pick(draw, m, "yes", st.just(["--yes"]), NONE)
         if command in ("status", "queues"):
-            for name in draw(st.lists(queue_names, max_size=2)):
+            for name in _pick(draw, m, "queue", st.sampled_from([[], ["celery"]]), st.lists(queue_names, min_size=1, max_size=2)):
                 argv += ["-Q", name]
-            if draw(st.booleans()):
-                argv.append("--all")
-        if command == "status" and draw(st.booleans()):
-            argv += ["--timeout", draw(numbers(waits=True))]
+            argv += ["--all"] * draw(st.booleans())
+        if command == "status":
+            argv += ["--timeout", _pick(draw, m, "timeout", st.sampled_from(SMALL_WAITS), numbers(waits=True))]
         if command == "doctor":
-            if draw(st.booleans()):
-                argv += ["--timeout", draw(numbers(waits=False))]
-            if draw(st.booleans()):
-                argv += ["--ping-timeout", draw(numbers(waits=True))]
-            if draw(st.booleans()):
-                argv.append("-v")
+            argv += ["--timeout", _pick(draw, m, "timeout", st.sampled_from(["1", "2"]), numbers(waits=False))]
+            argv += ["--ping-timeout", _pick(draw, m, "ping", st.sampled_from(SMALL_WAITS), numbers(waits=True))]
+            argv += ["-v"] * draw(st.booleans())
+        argv += ["--json"] * draw(st.booleans())
+        url = _pick(draw, m, "broker", st.just(prop_env.good_url), broker_urls(prop_env))
+        run_env = dict(prop_env.base_env)
         if draw(st.booleans()):
-            argv.append("--json")
-        argv, run_env = _with_broker(prop_env, draw, argv)
+            argv += ["--broker", url]
+        else:
+            run_env["CELERYCTL_BROKER_URL"] = url
         findings.check(run_inprocess(argv, run_env, prop_env.workdir()), report_on_failure=command == "doctor")
 
     run()
