@@ -108,7 +108,9 @@ class Run:
 
 
 @pytest.fixture
-def floor_cli(floor_env: FloorEnv, rabbit: RabbitNode, tmp_path: Path) -> Iterator[tuple[FloorEnv, Path, dict[str, str]]]:
+def floor_cli(
+    floor_env: FloorEnv, rabbit: RabbitNode, tmp_path: Path
+) -> Iterator[tuple[FloorEnv, Path, dict[str, str]]]:
     workdir = tmp_path / "work"
     workdir.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERYCTL_", "CELERY_", "VIRTUAL_ENV"))}

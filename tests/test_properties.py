@@ -222,7 +222,9 @@ def _output_violations(outcome: Outcome, code: int, report_on_failure: bool) -> 
                 if not isinstance(doc, dict) or doc.get("ok") is not False or not isinstance(error, dict):
                     found.append(("JSON error without ok:false/error", outcome.stdout.strip()[:160]))
                 elif error.get("exit_code") != code:
-                    found.append(("JSON exit_code differs", f"error.exit_code {error.get('exit_code')} but exit {code}"))
+                    found.append(
+                        ("JSON exit_code differs", f"error.exit_code {error.get('exit_code')} but exit {code}")
+                    )
     elif code not in (0, None) and not (report_on_failure and code == 1 and outcome.stdout.strip()):
         lines = error_lines(outcome.stderr)
         if len(lines) != 1:
@@ -272,7 +274,9 @@ class Findings:
                 self.details[key] = detail
 
     def assert_none(self) -> None:
-        summary = ", ".join(f"exit {c}: {n}" for c, n in sorted(self.codes.items(), key=lambda i: (i[0] is None, i[0] or 0)))
+        summary = ", ".join(
+            f"exit {c}: {n}" for c, n in sorted(self.codes.items(), key=lambda i: (i[0] is None, i[0] or 0))
+        )
         print(f"{self.family}: {self.runs} runs ({summary})")
         if not self.seen:
             return
@@ -421,36 +425,34 @@ def broker_urls(env: Env) -> st.SearchStrategy[str]:
     return st.one_of(mutated(), st.just(env.refused_url))
 
 
-def settings_files(env: Env) -> st.SearchStrategy[str | bytes | None]:
+def settings_file_variants(env: Env) -> list[str | bytes]:
+    """Settings files: valid, quoted keys, broken TOML, tables, wrong types, not UTF-8, empty."""
     url = env.good_url
-    return st.sampled_from(
-        [
-            None,
-            f'broker_url = "{url}"\n',
-            f'"broker_url" = "{url}"\n',
-            f"'broker_url' = '{url}'\n",
-            "broker_url = amqp://x\n",
-            "[[[\n",
-            'broker_url = "a"\nbroker_url = "b"\n',
-            '[broker]\nurl = "x"\n',
-            "broker_url = {a = 1}\n",
-            'doctor_timeout = "abc"\n',
-            "doctor_timeout = nan\n",
-            "doctor_timeout = inf\n",
-            "doctor_timeout = -1\n",
-            "ping_timeout = true\n",
-            "ping_timeout = 1e400\n",
-            "broker_url = 5\n",
-            "unknown_key = 1\n",
-            "data_dir = 5\n",
-            'app = ["x"]\n',
-            'app = "nosuch_module_xyz"\n',
-            'result_backend = "nosuch://"\n',
-            f'broker_url = "amqp://guest:guest@{"a" * 64}:5672//"\n',
-            b"\xff\xfebroker_url = 1\n",
-            "",
-        ]
-    )
+    return [
+        f'broker_url = "{url}"\n',
+        f'"broker_url" = "{url}"\n',
+        f"'broker_url' = '{url}'\n",
+        "broker_url = amqp://x\n",
+        "[[[\n",
+        'broker_url = "a"\nbroker_url = "b"\n',
+        '[broker]\nurl = "x"\n',
+        "broker_url = {a = 1}\n",
+        'doctor_timeout = "abc"\n',
+        "doctor_timeout = nan\n",
+        "doctor_timeout = inf\n",
+        "doctor_timeout = -1\n",
+        "ping_timeout = true\n",
+        "ping_timeout = 1e400\n",
+        "broker_url = 5\n",
+        "unknown_key = 1\n",
+        "data_dir = 5\n",
+        'app = ["x"]\n',
+        'app = "nosuch_module_xyz"\n',
+        'result_backend = "nosuch://"\n',
+        f'broker_url = "amqp://guest:guest@{"a" * 64}:5672//"\n',
+        b"\xff\xfebroker_url = 1\n",
+        "",
+    ]
 
 
 def cli_env(env: Env) -> st.SearchStrategy[dict[str, str]]:
@@ -467,7 +469,13 @@ def cli_env(env: Env) -> st.SearchStrategy[dict[str, str]]:
         "CELERYCTL_CONFIG": st.sampled_from(["", "/nonexistent/celeryctl.toml", "/", "celeryctl.toml"]),
         "CELERYCTL_DATA_DIR": st.sampled_from(["", "/dev/null/x", str(env.rabbit.data_dir)]),
     }
-    return st.fixed_dictionaries({}, optional=values)  # type: ignore[arg-type]
+
+    @st.composite
+    def one_or_two(draw: Any) -> dict[str, str]:
+        keys = draw(st.lists(st.sampled_from(sorted(values)), min_size=1, max_size=2, unique=True))
+        return {key: draw(values[key]) for key in keys}
+
+    return one_or_two()
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -527,7 +535,11 @@ def test_submit_with_generated_input(prop_env: Env) -> None:
             ),
         )
         argv += _pick(
-            draw, m, "queue", st.sampled_from([[], ["--queue", "celery"], ["-Q", "hyp-q"]]), queue_names.map(lambda q: ["--queue", q])
+            draw,
+            m,
+            "queue",
+            st.sampled_from([[], ["--queue", "celery"], ["-Q", "hyp-q"]]),
+            queue_names.map(lambda q: ["--queue", q]),
         )
         argv += _pick(
             draw,
@@ -581,7 +593,9 @@ def test_monitoring_commands_with_generated_input(prop_env: Env) -> None:
             argv.append(_pick(draw, m, "queue", st.sampled_from(["celery", "hyp-none"]), queue_names))
             argv += _pick(draw, m, "yes", st.just(["--yes"]), NONE)
         if command in ("status", "queues"):
-            for name in _pick(draw, m, "queue", st.sampled_from([[], ["celery"]]), st.lists(queue_names, min_size=1, max_size=2)):
+            for name in _pick(
+                draw, m, "queue", st.sampled_from([[], ["celery"]]), st.lists(queue_names, min_size=1, max_size=2)
+            ):
                 argv += ["-Q", name]
             argv += ["--all"] * draw(st.booleans())
         if command == "status":
@@ -603,31 +617,46 @@ def test_monitoring_commands_with_generated_input(prop_env: Env) -> None:
     findings.assert_none()
 
 
-def test_settings_files_and_environment(prop_env: Env) -> None:
-    findings = Findings("settings and CELERYCTL_*")
+SETTINGS_COMMANDS = [
+    ["doctor", "-v", "--ping-timeout", "0.3"],
+    ["queues"],
+    ["status", "--timeout", "0.3"],
+    ["submit", "add", "1", "2"],
+    ["doctor", "--ping-timeout", "0.3"],
+]
 
-    @settings(SETTINGS, max_examples=50)
+
+def test_every_settings_file_variant(prop_env: Env) -> None:
+    """Each settings file of the list, once, with a command in rotation (half of them under --json)."""
+    findings = Findings("settings files")
+    for i, text in enumerate(settings_file_variants(prop_env)):
+        command = SETTINGS_COMMANDS[i % len(SETTINGS_COMMANDS)]
+        argv = [*command, *(["--json"] * (i // len(SETTINGS_COMMANDS) % 2))]
+        outcome = run_inprocess(argv, dict(prop_env.base_env), prop_env.workdir(text))
+        outcome.settings_file = text if isinstance(text, str) else repr(text)
+        findings.check(outcome, report_on_failure=command[0] == "doctor")
+    findings.assert_none()
+
+
+def test_environment_variables_and_config(prop_env: Env) -> None:
+    findings = Findings("CELERYCTL_* and --config")
+
+    @settings(SETTINGS, max_examples=40)
     @given(st.data())
     def run(data: st.DataObject) -> None:
         draw = data.draw
-        command = draw(
-            st.sampled_from(
-                [
-                    ["doctor", "-v"],
-                    ["doctor", "--ping-timeout", "0.3"],
-                    ["queues"],
-                    ["status", "--timeout", "0.3"],
-                    ["submit", "add", "1", "2"],
-                ]
-            )
+        command = draw(st.sampled_from(SETTINGS_COMMANDS))
+        m = _mutations(draw, ["env", "env", "config"])
+        text = draw(st.sampled_from([f'broker_url = "{prop_env.good_url}"\n', None]))
+        run_env = {**prop_env.base_env, **_pick(draw, m, "env", st.just({}), cli_env(prop_env))}
+        if text is None and "CELERYCTL_BROKER_URL" not in run_env:
+            run_env["CELERYCTL_BROKER_URL"] = prop_env.good_url
+        config = _pick(
+            draw, m, "config", NONE, st.sampled_from(["", "/nonexistent.toml", "/"]).map(lambda c: ["--config", c])
         )
-        text = draw(settings_files(prop_env))
-        run_env = {**prop_env.base_env, **draw(cli_env(prop_env))}
-        argv = [*command, *(["--json"] if draw(st.booleans()) else [])]
-        if draw(st.integers(0, 4)) == 0:
-            argv = ["--config", draw(st.sampled_from(["", "/nonexistent.toml", "/", "celeryctl.toml"])), *argv]
+        argv = [*config, *command, *(["--json"] * draw(st.booleans()))]
         outcome = run_inprocess(argv, run_env, prop_env.workdir(text))
-        outcome.settings_file = text if isinstance(text, str) else repr(text)
+        outcome.settings_file = text
         findings.check(outcome, report_on_failure=command[0] == "doctor")
 
     run()
@@ -664,9 +693,7 @@ def _diff(before: dict[str, Any], after: dict[str, Any]) -> str:
 
 PREFIX = "hyp-"
 names = st.one_of(
-    st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=8).map(
-        lambda s: PREFIX + s
-    ),
+    st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=8).map(lambda s: PREFIX + s),
     st.sampled_from(["", PREFIX + "a\x01b", PREFIX + "x" * 300, PREFIX + "é" * 130, PREFIX + "ok", PREFIX + "a b"]),
 )
 
@@ -716,9 +743,7 @@ def test_setup_broker_with_generated_input(prop_env: Env, make_vhost: VhostFacto
 @pytest.fixture(scope="module")
 def failing_server(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A rabbitmq-server that fails at once: ``broker start`` with valid input ends (exit 9)."""
-    return fake_bin(
-        tmp_path_factory.mktemp("fake-rabbit"), {"rabbitmq-server": "echo 'boom' >&2\nexit 1\n"}, tools=()
-    )
+    return fake_bin(tmp_path_factory.mktemp("fake-rabbit"), {"rabbitmq-server": "echo 'boom' >&2\nexit 1\n"}, tools=())
 
 
 def _worker_args(draw: Any, env: Env) -> list[str]:
