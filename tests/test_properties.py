@@ -704,25 +704,55 @@ def test_setup_broker_with_generated_input(prop_env: Env, make_vhost: VhostFacto
     findings = Findings("setup-broker")
     rabbit = prop_env.rabbit
 
-    @settings(SETTINGS, max_examples=12)
+    @settings(SETTINGS, max_examples=20)
     @given(st.data())
     def run(data: st.DataObject) -> None:
         draw = data.draw
-        user, vhost = draw(names), draw(names)
+        m = _mutations(draw, ["user", "vhost", "regex", "tags", "port", "host", "node", "password"])
+        fresh = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=6, max_size=6).map(
+            lambda s: PREFIX + s
+        )
+        user, vhost = _pick(draw, m, "user", fresh, names), _pick(draw, m, "vhost", fresh, names)
         argv = ["setup-broker", "--user", user, "--vhost", vhost]
         for flag in ("--configure", "--write", "--read"):
-            if draw(st.booleans()):
-                argv += [flag, draw(regexes)]
-        for tag in draw(st.lists(st.sampled_from(["management", "", "a,b", "x" * 300, "é", "a\x01"]), max_size=2)):
+            argv += [flag, _pick(draw, m, "regex", st.sampled_from([".*", "^hyp-.*", ""]), regexes)]
+        tags = _pick(
+            draw,
+            m,
+            "tags",
+            st.sampled_from([[], ["management"]]),
+            st.lists(st.sampled_from(["", "a,b", "x" * 300, "é", "a\x01"]), min_size=1, max_size=2),
+        )
+        for tag in tags:
             argv += ["--tags", tag]
-        if draw(st.booleans()):
-            argv += ["--port", draw(st.sampled_from([*PORT_VALUES, str(rabbit.port)]))]
-        if draw(st.booleans()):
-            argv += ["--host", draw(st.sampled_from(["127.0.0.1", "", "a" * 64, "bad host", "h\x01", "[::1"]))]
-        if draw(st.integers(0, 5)) == 0:
-            argv += ["--node", draw(st.sampled_from(["", "a@b@c", "bad node", "nosuch@localhost"]))]
-        if draw(st.booleans()):
-            argv += ["--password", draw(st.sampled_from(["p", "", "é", "a\nb", "x" * 300]))]
+        argv += _pick(
+            draw,
+            m,
+            "port",
+            st.sampled_from([[], ["--port", str(rabbit.port)]]),
+            st.sampled_from(PORT_VALUES).map(lambda v: ["--port", v]),
+        )
+        argv += _pick(
+            draw,
+            m,
+            "host",
+            st.sampled_from([[], ["--host", "127.0.0.1"]]),
+            st.sampled_from(["", "a" * 64, "bad host", "h\x01", "[::1", "nosuch.invalid"]).map(lambda v: ["--host", v]),
+        )
+        argv += _pick(
+            draw,
+            m,
+            "node",
+            NONE,
+            st.sampled_from(["", "a@b@c", "bad node", "nosuch@localhost"]).map(lambda v: ["--node", v]),
+        )
+        argv += _pick(
+            draw,
+            m,
+            "password",
+            NONE,
+            st.sampled_from(["p", "", "é", "a\nb", "x" * 300]).map(lambda v: ["--password", v]),
+        )
         argv += draw(st.sampled_from([[], ["--no-save"], ["--dry-run"], ["--json"], ["--json", "--no-save"]]))
         before = node_snapshot(rabbit)
         outcome = run_subprocess(argv, dict(prop_env.base_env), prop_env.workdir())
@@ -823,7 +853,7 @@ PROCESS_ARGS = {
 def test_process_commands_with_generated_input(prop_env: Env, failing_server: Path) -> None:
     findings = Findings("worker/flower/top/broker/demo")
 
-    @settings(SETTINGS, max_examples=20)
+    @settings(SETTINGS, max_examples=30)
     @given(st.data())
     def run(data: st.DataObject) -> None:
         draw = data.draw
