@@ -782,10 +782,12 @@ def failing_server(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _worker_args(draw: Any, env: Env) -> list[str]:
-    """The broker refuses: every valid run ends with exit 6."""
+    """The broker refuses, so every valid run ends (exit 6); a queue name RabbitMQ cannot take
+    (empty, over 255 bytes) gets the real broker instead: the run must end as a usage error."""
     argv: list[str] = []
-    for q in draw(st.lists(queue_names, min_size=1, max_size=2)):
-        argv += ["-Q", q.replace("\x00", "")]  # an argv cannot carry NUL
+    queues = [q.replace("\x00", "") for q in draw(st.lists(queue_names, min_size=1, max_size=2))]  # no NUL in argv
+    for q in queues:
+        argv += ["-Q", q]
     if draw(st.booleans()):
         argv += ["-c", draw(numbers(waits=False))]
     if draw(st.booleans()):
@@ -794,7 +796,8 @@ def _worker_args(draw: Any, env: Env) -> list[str]:
         argv += ["-l", draw(st.sampled_from(["INFO", "nosuch", "", "debug"]))]
     if draw(st.booleans()):
         argv += ["--wait-for-broker", draw(numbers(waits=True))]
-    return [*argv, "--broker", env.refused_url]
+    unusable = any(not q.strip(", ") or len(q.encode()) > 255 for q in queues)
+    return [*argv, "--broker", env.good_url if unusable else env.refused_url]
 
 
 def _flower_args(draw: Any, env: Env) -> list[str]:
