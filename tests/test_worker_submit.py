@@ -221,7 +221,7 @@ def test_unknown_task_lists_closest_names(cli: CliRun, env: dict[str, str]) -> N
         (["--kwargs", "{bad"], "--kwargs is not valid JSON"),
         (["--kwargs", "[1]"], "must be a JSON object"),
         (["-k", "novalue"], "KEY=VALUE"),
-        (["--priority", "12"], "between 0 and 9"),
+        (["--priority", "12"], "must be from 0 to 9"),
         (["--eta", "tomorrow"], "ISO 8601"),
         (["--count", "0"], "--count"),
         (["--eta", "2030-01-01T00:00:00", "--countdown", "3"], "cannot be used together"),

@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from celeryctl import validate
-from celeryctl.broker import DEFAULT_PORT, BrokerUrl, build_amqp_url, mask_url, url_password, url_user
+from celeryctl.broker import (
+    DEFAULT_PORT,
+    BrokerUrl,
+    build_amqp_url,
+    host_problem,
+    mask_url,
+    url_password,
+    url_user,
+)
 from celeryctl.errors import (
     AccessRefusedError,
     CeleryctlError,
@@ -85,6 +93,9 @@ def check_url(request: Request, host: str, port: int) -> None:
             f"--host: {'an empty host' if not host else f'the host is longer than {MAX_HOST_BYTES} bytes'}",
             "give a host name or an address, e.g. --host 127.0.0.1",
         )
+    problem = host_problem(host.strip("[]") if host.startswith("[") else host)
+    if problem:  # the one host check BrokerUrl.parse uses, worded for the flag
+        raise UsageError(f"--host: {problem}", "e.g. --host 127.0.0.1 or --host rabbit.example.com")
     url = build_amqp_url(request.user, "****", host, port, request.vhost)
     try:
         parsed = BrokerUrl.parse(url, "--host/--port")
@@ -97,10 +108,6 @@ def check_url(request: Request, host: str, port: int) -> None:
         )
     try:
         socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
-    except UnicodeError:  # an IDNA label over 63 characters
-        raise UsageError(
-            f"--host: {host!r} is not a valid host name", "each part of a name has at most 63 characters"
-        ) from None
     except socket.gaierror as exc:
         raise UnreachableError(
             f"--host: cannot resolve {host}: {exc.strerror}",
