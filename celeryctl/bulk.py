@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from celeryctl.broker import close_quietly
 from celeryctl.errors import CeleryctlError, InterruptedError_, TimeoutError_, UnreachableError
-from celeryctl.submit import CONNECT_TIMEOUT, READY_STATES, library_errors, publish_error
+from celeryctl.submit import CONNECT_TIMEOUT, READY_STATES, check_arguments, library_errors, publish_error
 
 if TYPE_CHECKING:
     from celery import Celery, Task
@@ -302,6 +302,7 @@ def send_many(
     Messages go out without waiting for each confirm; at most ``window`` may be unconfirmed at
     a time, and the broker's acks are read between publishes.
     """
+    check_arguments(app, name, args, kwargs)
     report = on_published or (lambda _n: None)
     started = time.monotonic()
     task = app.tasks[name]

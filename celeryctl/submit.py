@@ -115,7 +115,14 @@ def check_broker(app: Celery) -> None:
     )
 
 
-def open_client(settings: Settings, task: str, *, wait: bool = False) -> tuple[Celery, str]:
+def open_client(
+    settings: Settings,
+    task: str,
+    *,
+    wait: bool = False,
+    args: list[Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> tuple[Celery, str]:
     """Load and configure the app for submitting, resolve the task name, check the broker.
 
     Returns ``(app, full task name)``.  Everything that can be refused is refused here, before
@@ -127,6 +134,8 @@ def open_client(settings: Settings, task: str, *, wait: bool = False) -> tuple[C
     require_backend(app)
     prepare_client(app)
     name = resolve_task_name(app, task)
+    if args is not None or kwargs is not None:
+        check_arguments(app, name, args or [], kwargs or {})
     if wait:
         check_waitable(app, name)
     check_broker(app)
@@ -173,6 +182,33 @@ def library_errors() -> tuple[type[BaseException], ...]:
     return (kombu.exceptions.OperationalError, amqp.exceptions.AMQPError, OSError, TimeoutError)
 
 
+def check_arguments(app: Celery, name: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+    """The arguments fit the task's signature, or a usage error naming it (exit 2).
+
+    Celery makes the same check in ``apply_async`` but raises a bare TypeError, and the bulk path
+    (``bulk.send_many``) builds messages without it, so a mistyped call would fail on the worker.
+    """
+    task = app.tasks[name]
+    header = getattr(task, "__header__", None)
+    if not getattr(task, "typing", True) or header is None:
+        return
+    try:
+        header(*args, **kwargs)
+    except TypeError as exc:
+        import inspect
+
+        try:
+            sig = inspect.signature(task.run)
+            bare = sig.replace(
+                parameters=[p.replace(annotation=p.empty) for p in sig.parameters.values()],
+                return_annotation=sig.empty,
+            )
+            signature = f"{name.rsplit('.', 1)[-1]}{bare}"
+        except (TypeError, ValueError):
+            signature = name
+        raise UsageError(f"task {name}: {exc}", f"it is called as {signature}") from None
+
+
 def send(
     app: Celery,
     name: str,
@@ -194,6 +230,7 @@ def send(
         options["queue"] = queue
     if priority is not None:
         options["priority"] = priority
+    check_arguments(app, name, args, kwargs)
     try:
         return app.tasks[name].apply_async(args=args, kwargs=kwargs, **options)
     except library_errors() as exc:

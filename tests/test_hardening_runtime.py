@@ -429,3 +429,27 @@ def test_timeout_with_rpc_says_the_result_cannot_be_fetched_later(
     )
     assert f"[{task_id}] did not finish within 0.5 s" in r.stderr
     rabbit.runner().run("purge_queue", "-p", vhost.name, "--", queue)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("add",), "add() missing 2 required positional arguments: 'x' and 'y'"),
+        (("add", "1", "2", "-k", "a=1"), "add() got an unexpected keyword argument 'a'"),
+        (("add", "1", "2", "3", "--count", "3"), "add() takes 2 positional arguments but 3 were given"),
+    ],
+    ids=["missing", "unknown-kwarg", "too-many-bulk"],
+)
+def test_arguments_that_do_not_fit_the_task_are_a_usage_error_and_nothing_is_sent(
+    cli: CliRun, rabbit: RabbitNode, vhost: Vhost, env: dict[str, str], args: tuple[str, ...], needle: str
+) -> None:
+    queue = "hard-rt-args"
+    result = cli("submit", *args, "--queue", queue, "--json", env=env)
+    assert result.returncode == 2, result.output
+    error = json.loads(result.stdout)["error"]
+    assert error["message"] == f"task celeryctl.demo.add: {needle}"
+    assert error["hint"] == "it is called as add(x, y)"
+    assert "Traceback" not in result.output
+    # Refused before anything was published: the queue was never even declared.
+    listed = rabbit.runner().run("list_queues", "-p", vhost.name, "name", "--formatter", "json")
+    assert queue not in listed.stdout

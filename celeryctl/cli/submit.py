@@ -140,7 +140,7 @@ def submit(
     eta_time = core.parse_eta(eta) if eta is not None else None
 
     settings = resolve(broker_url=broker, result_backend=backend, app=app_spec, data_dir=data_dir)
-    app, name = core.open_client(settings, task, wait=wait)
+    app, name = core.open_client(settings, task, wait=wait, args=task_args, kwargs=task_kwargs)
     options: dict[str, Any] = {"countdown": countdown, "eta": eta_time, "queue": queue, "priority": priority}
 
     if count > 1:
