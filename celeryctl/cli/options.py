@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,77 +27,62 @@ def _bad_parameter(exc: Exception) -> typer.BadParameter:
     return typer.BadParameter(str(exc))
 
 
-def seconds_parser(*, minimum: float = 0.0, allow_zero: bool = True) -> Any:
-    """A parser for a duration option: a finite number of seconds, at least ``minimum``."""
-    from celeryctl import validate
+def _parser(check: Callable[[Any], Any], default_type: type | None = None) -> Callable[[Any], Any]:
+    """A Typer ``parser=``: ``check`` (from celeryctl.validate) with its UsageError as click's
+    BadParameter; a value already of ``default_type`` is an option's default and passes as it is."""
     from celeryctl.errors import UsageError
 
-    def parse(value: str | float) -> float:
-        if isinstance(value, float):  # a default
+    def parse(value: Any) -> Any:
+        if default_type is not None and isinstance(value, default_type):
             return value
         try:
-            return validate.seconds(value, "", minimum=minimum, allow_zero=allow_zero)
+            return check(value)
         except UsageError as exc:
             raise _bad_parameter(exc) from None
 
     return parse
+
+
+def seconds_parser(*, minimum: float = 0.0, allow_zero: bool = True) -> Any:
+    """A parser for a duration option: a finite number of seconds, at least ``minimum``."""
+    from celeryctl import validate
+
+    return _parser(lambda v: validate.seconds(v, "", minimum=minimum, allow_zero=allow_zero), float)
 
 
 def port_parser(*, low: int = 1, high: int = 65535) -> Any:
     """A parser for a port option: an integer from ``low`` to ``high``."""
     from celeryctl import validate
-    from celeryctl.errors import UsageError
 
-    def parse(value: str | int) -> int:
-        if isinstance(value, int):  # a default
-            return value
-        try:
-            return validate.port(value, "", low=low, high=high)
-        except UsageError as exc:
-            raise _bad_parameter(exc) from None
-
-    return parse
+    return _parser(lambda v: validate.port(v, "", low=low, high=high), int)
 
 
 def count_parser(*, low: int = 1, high: int | None = None) -> Any:
     """A parser for a whole-number option (a count, a priority): from ``low`` to ``high``."""
     from celeryctl import validate
-    from celeryctl.errors import UsageError
 
-    def parse(value: str | int) -> int:
-        if isinstance(value, int):  # a default
-            return value
-        try:
-            return validate.count(value, "", low=low, high=high)
-        except UsageError as exc:
-            raise _bad_parameter(exc) from None
+    return _parser(lambda v: validate.count(v, "", low=low, high=high), int)
 
-    return parse
+
+def _queue_list(value: str) -> str:
+    from celeryctl import validate
+
+    for name in value.split(","):
+        if name.strip():
+            validate.queue_name(name.strip())
+    return value
 
 
 def parse_queue_name(value: str) -> str:
     """A parser for a queue-name option (``-Q``): non-empty, at most 255 bytes."""
     from celeryctl import validate
-    from celeryctl.errors import UsageError
 
-    try:
-        return validate.queue_name(value)
-    except UsageError as exc:
-        raise _bad_parameter(exc) from None
+    return str(_parser(validate.queue_name)(value))
 
 
 def parse_queue_list(value: str) -> str:
     """A parser for a comma-separated list of queue names (``worker -Q a,b``): each one checked."""
-    from celeryctl import validate
-    from celeryctl.errors import UsageError
-
-    try:
-        for name in value.split(","):
-            if name.strip():
-                validate.queue_name(name.strip())
-    except UsageError as exc:
-        raise _bad_parameter(exc) from None
-    return value
+    return str(_parser(_queue_list)(value))
 
 
 # --------------------------------------------------------------------------- help
