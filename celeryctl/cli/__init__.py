@@ -18,7 +18,14 @@ from celeryctl.errors import CeleryctlError, ExitCode, InterruptedError_
 try:  # typer >= 0.20 vendors click
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 except ImportError:  # pragma: no cover - older typer uses click itself
-    from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[assignment,no-redef]
+    from click.exceptions import ClickException  # type: ignore[assignment]
+
+    try:
+        from click.exceptions import NoArgsIsHelpError  # type: ignore[assignment,no-redef]
+    except ImportError:  # click < 8.2 prints the help and exits 0 by itself: nothing raises this
+
+        class NoArgsIsHelpError(ClickException):  # type: ignore[no-redef]
+            pass
 
 app = typer.Typer(
     name="celeryctl",
