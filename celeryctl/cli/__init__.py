@@ -144,16 +144,16 @@ def main(argv: list[str] | None = None) -> None:
         render.out.print(exc.format_message(), markup=False)
         code = int(ExitCode.OK)
     except ClickException as exc:
+        # click's usage errors read like every other error: one line and a hint (no box, and no
+        # typer.rich_utils import, which costs ~60 ms before the line appears).
+        ctx = getattr(exc, "ctx", None)
+        hint = f"see {ctx.command_path if ctx is not None else 'celeryctl'} --help"
         if as_json:
             render.emit_json(
-                render.error_doc(
-                    {"code": "usage", "message": exc.format_message(), "hint": "see --help", "exit_code": exc.exit_code}
-                )
+                render.error_doc({"code": "usage", "message": exc.format_message(), "hint": hint, "exit_code": exc.exit_code})
             )
         else:
-            from typer import rich_utils
-
-            rich_utils.rich_format_error(exc)
+            render.print_error(exc.format_message(), hint)
         code = exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         _report(InterruptedError_("stopped by Ctrl-C", None), as_json)
