@@ -188,7 +188,7 @@ def _submit_many(
     timeout: float | None,
     json_: bool,
 ) -> None:
-    from celeryctl import bulk
+    from celeryctl import bulk, bulk_wait
 
     with bar(f"publishing {count} x {name}", count, quiet=json_) as advance:
         batch = bulk.send_many(app, name, args, kwargs, count, on_published=lambda n: advance(n, ""), **options)
@@ -209,7 +209,7 @@ def _submit_many(
             def on_progress(done: int, failed: int) -> None:
                 advance(done + failed, f"failed {failed}" if failed else "")
 
-            bulk.wait_many(app, batch, timeout=timeout, on_progress=on_progress)
+            bulk_wait.wait_many(app, batch, timeout=timeout, on_progress=on_progress)
     except KeyboardInterrupt:
         render.err.print(f"stopped waiting; {count} tasks were submitted and keep running")
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
