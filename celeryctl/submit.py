@@ -385,13 +385,7 @@ def wait(
             details={"task_id": task_id, "state": last["state"], "backend": backend_scheme(app)},
         ) from None
     except KeyboardInterrupt:
-        raise InterruptedError_(
-            f"stopped waiting for task {name or ''}[{task_id}] (last state {last['state']}); "
-            "it keeps running (or waits in its queue)",
-            None,
-            stdout=[task_id],
-            details={"task_id": task_id, "task": name, "state": last["state"]},
-        ) from None
+        raise stopped_waiting(task_id, name, last["state"]) from None
     except library_errors() as exc:
         raise UnreachableError(
             f"lost the broker while waiting for task {task_id}: {type(exc).__name__}: {exc}",
@@ -410,6 +404,17 @@ def wait(
         outcome.traceback = result.traceback
     report(Event(task_id, state, outcome.seconds, outcome.result if outcome.ok else None))
     return outcome
+
+
+def stopped_waiting(task_id: str, name: str | None = None, state: str = "PENDING") -> InterruptedError_:
+    """Ctrl-C while waiting for one task: what the user sees (the id stays on stdout), exit 130."""
+    return InterruptedError_(
+        f"stopped waiting for task {name or ''}[{task_id}] (last state {state}); "
+        "it keeps running (or waits in its queue)",
+        None,
+        stdout=[task_id],
+        details={"task_id": task_id, "task": name, "state": state},
+    )
 
 
 def backend_scheme(app: Celery) -> str:

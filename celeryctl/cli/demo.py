@@ -10,7 +10,7 @@ import typer
 
 from celeryctl import render
 from celeryctl.cli.options import BrokerOpt, DataDirOpt, JsonOpt, count_parser, port_parser, resolve, seconds_parser
-from celeryctl.errors import ExitCode, UsageError
+from celeryctl.errors import UsageError
 from celeryctl.render.submit import live_state
 
 
@@ -90,9 +90,8 @@ def demo(
         try:
             with live_state(name, str(result.id), quiet=json_) as on_event:
                 outcome = core.wait(session.app, result, name=name, timeout=timeout, on_event=on_event)
-        except KeyboardInterrupt:
-            render.err.print(f"stopped waiting for task {result.id}; stopping the worker")
-            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+        except KeyboardInterrupt:  # landed outside core.wait: the same outcome (the worker stops on the way out)
+            raise core.stopped_waiting(str(result.id), name) from None
     if not outcome.ok:
         raise core.failure_error(outcome)
     if json_:

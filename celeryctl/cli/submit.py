@@ -20,7 +20,7 @@ from celeryctl.cli.options import (
     resolve,
     seconds_parser,
 )
-from celeryctl.errors import ExitCode, UsageError
+from celeryctl.errors import ExitCode, InterruptedError_, UsageError
 from celeryctl.render.submit import bar, live_state
 
 
@@ -164,10 +164,8 @@ def submit(
     try:
         with live_state(name, task_id, quiet=json_) as on_event:
             outcome = core.wait(app, result, name=name, timeout=timeout, on_event=on_event)
-    except KeyboardInterrupt:
-        render.err.print(f"stopped waiting; task {task_id} keeps running")
-        render.out.print(task_id)
-        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    except KeyboardInterrupt:  # landed outside core.wait (the display closing): the same outcome
+        raise core.stopped_waiting(task_id, name) from None
     if not outcome.ok:
         raise core.failure_error(outcome, verbose=verbose)
     if json_:
@@ -210,9 +208,12 @@ def _submit_many(
                 advance(done + failed, f"failed {failed}" if failed else "")
 
             bulk_wait.wait_many(app, batch, timeout=timeout, on_progress=on_progress)
-    except KeyboardInterrupt:
-        render.err.print(f"stopped waiting; {count} tasks were submitted and keep running")
-        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    except KeyboardInterrupt:  # landed outside wait_many, which reports its own progress
+        raise InterruptedError_(
+            f"stopped waiting; {batch.submitted} tasks were submitted and keep running",
+            None,
+            details={"submitted": batch.submitted, "ids": batch.ids},
+        ) from None
     doc = batch.to_dict(waited=True)
     if json_:
         render.emit_json({**render.ok_doc(**doc), "ok": not batch.failed})

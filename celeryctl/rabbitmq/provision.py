@@ -32,6 +32,7 @@ from celeryctl.broker import (
     url_password,
     url_user,
 )
+from celeryctl.broker.url import MAX_HOST_BYTES
 from celeryctl.errors import (
     AccessRefusedError,
     CeleryctlError,
@@ -82,8 +83,6 @@ def read_password(
 # --------------------------------------------------------------------------- checks before the first change
 # Everything that could fail after the node was changed is checked before it is: a run that
 # fails midway would leave a user whose generated password nobody has.
-
-MAX_HOST_BYTES = 253  # a DNS name
 
 
 def check_url(request: Request, host: str, port: int) -> None:
