@@ -145,6 +145,13 @@ class QueueNotFoundError(CeleryctlError):
     code = "queue_not_found"
 
 
+class QueueMismatchError(CeleryctlError):
+    """A queue or exchange exists with other arguments than celeryctl declares (RabbitMQ refuses)."""
+
+    exit_code = ExitCode.CONFIG
+    code = "queue_mismatch"
+
+
 class TaskFailedError(CeleryctlError):
     """The task ran and failed (exit 1)."""
 

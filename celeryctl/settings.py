@@ -64,6 +64,19 @@ KEYS: dict[str, Key] = {
             "directory of rabbitmq-server and rabbitmqctl (default: found on PATH)",
             Path,
         ),
+        Key(
+            "queue_type",
+            "CELERYCTL_QUEUE_TYPE",
+            "--queue-type",
+            "quorum (delivery limit, dead letters) or classic, for the queues celeryctl declares",
+        ),
+        Key(
+            "max_deliveries",
+            "CELERYCTL_MAX_DELIVERIES",
+            "--max-deliveries",
+            "deliveries of a task before it is dead-lettered (quorum queues)",
+            int,
+        ),
         Key("doctor_timeout", "CELERYCTL_DOCTOR_TIMEOUT", "doctor --timeout", "doctor's network timeout, s", float),
         Key("ping_timeout", "CELERYCTL_PING_TIMEOUT", "doctor --ping-timeout", "doctor's worker ping, s", float),
         Key(
@@ -75,7 +88,7 @@ KEYS: dict[str, Key] = {
         ),
     )
 }
-DEFAULTS: dict[str, Any] = {"doctor_timeout": 2.0, "ping_timeout": 1.0}
+DEFAULTS: dict[str, Any] = {"doctor_timeout": 2.0, "ping_timeout": 1.0, "queue_type": "quorum", "max_deliveries": 5}
 
 
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -94,6 +107,8 @@ class Settings:
     rabbitmq_bin_dir: Path | None = None
     doctor_timeout: float = DEFAULTS["doctor_timeout"]
     ping_timeout: float = DEFAULTS["ping_timeout"]
+    queue_type: str = DEFAULTS["queue_type"]
+    max_deliveries: int = DEFAULTS["max_deliveries"]
     flower_basic_auth: str | None = None
     config_file: Path | None = None
     sources: dict[str, str] = field(default_factory=dict)
@@ -139,6 +154,8 @@ class Settings:
             "rabbitmq_bin_dir": str(self.rabbitmq_bin_dir) if self.rabbitmq_bin_dir else None,
             "doctor_timeout": self.doctor_timeout,
             "ping_timeout": self.ping_timeout,
+            "queue_type": self.queue_type,
+            "max_deliveries": self.max_deliveries,
             "flower_basic_auth": (self.flower_basic_auth if reveal else "****") if self.flower_basic_auth else None,
             "config_file": str(self.config_file) if self.config_file else None,
             "sources": dict(self.sources),
@@ -271,6 +288,8 @@ def _check_node(node: str, source: str) -> None:
 
 
 def _convert(key: Key, value: Any, source: str) -> Any:
+    if key.name in ("queue_type", "max_deliveries"):
+        return _convert_queue_setting(key, value, source)
     if key.type is Path:
         return Path(value).expanduser()
     if key.type is float:
@@ -283,6 +302,24 @@ def _convert(key: Key, value: Any, source: str) -> Any:
             example = f"{key.name} = 2.5" if source.startswith("file") else f"{key.env}=2.5"
             raise ConfigError(exc.message, f"for example {example}", details={"key": key.name}) from None
     return value
+
+
+def _convert_queue_setting(key: Key, value: Any, source: str) -> Any:
+    """``queue_type`` / ``max_deliveries``: checked by :mod:`celeryctl.topology` (exit 2 from a flag, else 3)."""
+    from celeryctl import topology
+    from celeryctl.errors import UsageError
+
+    what = key.flag if source.startswith("flag") else f"{key.name} (from {source})"
+    try:
+        if key.name == "queue_type":
+            return topology.check_queue_type(value, what)
+        return topology.check_max_deliveries(value, what)
+    except UsageError as exc:
+        if source.startswith("flag"):
+            raise
+        example = {"queue_type": '"quorum"', "max_deliveries": "5"}[key.name]
+        hint = f"for example {key.name} = {example}" if source.startswith("file") else f"for example {key.env}={example.strip(chr(34))}"
+        raise ConfigError(exc.message, hint, details={"key": key.name}) from None
 
 
 def _toml_string(value: str) -> str:

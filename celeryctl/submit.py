@@ -122,16 +122,23 @@ def open_client(
     wait: bool = False,
     args: list[Any] | None = None,
     kwargs: dict[str, Any] | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
 ) -> tuple[Celery, str]:
     """Load and configure the app for submitting, resolve the task name, check the broker.
 
     Returns ``(app, full task name)``.  Everything that can be refused is refused here, before
-    anything is published.
+    anything is published: a queue that exists with another type than the settings' is exit 3.
     """
+    from celeryctl import topology
     from celeryctl.celeryapp import load_app, require_backend, resolve_task_name
 
     app = load_app(settings.app, settings)
     require_backend(app)
+    pol = topology.policy(settings)
+    managed = topology.configure_app(app, pol, [queue] if queue else [])
+    if priority is not None and (queue or str(app.conf.task_default_queue)) in managed:
+        topology.check_priority(pol, priority)
     prepare_client(app)
     name = resolve_task_name(app, task)
     if args is not None or kwargs is not None:
@@ -139,6 +146,7 @@ def open_client(
     if wait:
         check_waitable(app, name)
     check_broker(app)
+    topology.declare(str(app.conf.broker_url), managed, pol)
     return app, name
 
 
@@ -160,9 +168,14 @@ def check_waitable(app: Celery, name: str) -> None:
 
 def publish_error(app: Celery, exc: BaseException) -> CeleryctlError:
     """Turn a kombu/py-amqp error raised while publishing into a clear celeryctl error."""
+    from celeryctl import topology
+
     url = mask_url(str(app.conf.broker_url))
     name = type(exc).__name__
     text = str(exc)
+    mismatch = topology.parse_mismatch(text) if "PRECONDITION_FAILED" in text or name == "PreconditionFailed" else None
+    if mismatch is not None:
+        return topology.mismatch_error(mismatch, topology.policy_of(app))
     if name in ("AccessRefused", "NotAllowed") or "ACCESS_REFUSED" in text or "NOT_ALLOWED" in text:
         return AccessRefusedError(
             f"the broker at {url} refused access: {text}; nothing was submitted",

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from celeryctl import validate
+from celeryctl import topology, validate
 from celeryctl.broker import BrokerUrl, ensure_reachable, mask_url
 from celeryctl.celeryapp import require_backend, require_pool, run_celery, task_names
 from celeryctl.errors import ConfigError, TimeoutError_, UsageError, WorkerError
 from celeryctl.settings import Settings
+from celeryctl.topology import QueuePolicy
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -86,6 +87,8 @@ class WorkerPlan:
     tasks: list[str]
     applied_defaults: dict[str, object] = field(default_factory=dict)
     beat: bool = False
+    queue_type: str = "classic"  # "quorum", "classic", or "app" (the app declares its own queues)
+    max_deliveries: int | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -99,6 +102,8 @@ class WorkerPlan:
             "tasks": self.tasks,
             "applied_defaults": self.applied_defaults,
             "beat": self.beat,
+            "queue_type": self.queue_type,
+            "max_deliveries": self.max_deliveries,
         }
 
 
@@ -114,6 +119,7 @@ def prepare(
     extra: list[str] | None = None,
     wait_for_broker: float = 0.0,
     durable: bool = True,
+    queue_policy: QueuePolicy | None = None,
 ) -> WorkerPlan:
     """Configure ``app`` for a worker, check the broker, and return what :func:`run` will start."""
     if concurrency is not None and concurrency < 1:
@@ -128,6 +134,8 @@ def prepare(
     if durable:
         add_event_batching(app)
     queue_list = [validate.queue_name(q.strip(), "-Q") for q in ",".join(queues or []).split(",") if q.strip()]
+    pol = queue_policy or QueuePolicy()
+    managed = topology.configure_app(app, pol, queue_list)
     check_app_queues(app)
     require_backend(app)
     argv = ["worker", "--loglevel", level]
@@ -145,6 +153,7 @@ def prepare(
     names = task_names(app)
     broker_url = str(app.conf.broker_url)
     ensure_reachable(broker_url, wait=wait_for_broker)
+    topology.declare(broker_url, managed, pol)
     effective_pool = pool or "prefork"
     return WorkerPlan(
         argv=argv,
@@ -158,6 +167,8 @@ def prepare(
         tasks=names,
         applied_defaults=applied,
         beat=beat,
+        queue_type=pol.queue_type if managed else "app",
+        max_deliveries=pol.max_deliveries if managed else None,
     )
 
 

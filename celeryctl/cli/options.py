@@ -176,6 +176,36 @@ DataDirOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+def _queue_type(value: str) -> str:
+    from celeryctl.topology import check_queue_type
+
+    return check_queue_type(value, "")
+
+
+QueueTypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--queue-type",
+        parser=_parser(_queue_type),
+        metavar="TYPE",
+        help="quorum (delivery limit, dead letters; the default) or classic, for the queues celeryctl "
+        "declares (env CELERYCTL_QUEUE_TYPE).",
+        show_default=False,
+    ),
+]
+MaxDeliveriesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-deliveries",
+        parser=count_parser(low=1, high=1000),
+        metavar="N",
+        help="Deliveries of a task before it is dead-lettered to QUEUE.dead, on quorum queues "
+        "(env CELERYCTL_MAX_DELIVERIES; default 5).",
+        show_default=False,
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (errors too).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show more detail.")]
 # queues, status and top:

@@ -14,6 +14,8 @@ from celeryctl.cli.options import (
     BrokerOpt,
     DataDirOpt,
     JsonOpt,
+    MaxDeliveriesOpt,
+    QueueTypeOpt,
     VerboseOpt,
     count_parser,
     parse_queue_name,
@@ -102,7 +104,7 @@ def submit(
     priority: Annotated[
         int | None,
         typer.Option(
-            "--priority", parser=count_parser(low=0, high=9), metavar="N", help="Message priority 0-9.", show_default=False
+            "--priority", parser=count_parser(low=0, high=9), metavar="N", help="Message priority 0-9 (classic queues: quorum queues on RabbitMQ 3.x have no priorities).", show_default=False
         ),
     ] = None,
     count: Annotated[
@@ -118,6 +120,8 @@ def submit(
     app_spec: AppOpt = None,
     broker: BrokerOpt = None,
     backend: BackendOpt = None,
+    queue_type: QueueTypeOpt = None,
+    max_deliveries: MaxDeliveriesOpt = None,
     data_dir: DataDirOpt = None,
     json_: JsonOpt = False,
     verbose: VerboseOpt = False,
@@ -139,8 +143,17 @@ def submit(
     task_kwargs = core.parse_kwargs(kw, kwargs_json)
     eta_time = core.parse_eta(eta) if eta is not None else None
 
-    settings = resolve(broker_url=broker, result_backend=backend, app=app_spec, data_dir=data_dir)
-    app, name = core.open_client(settings, task, wait=wait, args=task_args, kwargs=task_kwargs)
+    settings = resolve(
+        broker_url=broker,
+        result_backend=backend,
+        app=app_spec,
+        data_dir=data_dir,
+        queue_type=queue_type,
+        max_deliveries=max_deliveries,
+    )
+    app, name = core.open_client(
+        settings, task, wait=wait, args=task_args, kwargs=task_kwargs, queue=queue, priority=priority
+    )
     options: dict[str, Any] = {"countdown": countdown, "eta": eta_time, "queue": queue, "priority": priority}
 
     if count > 1:

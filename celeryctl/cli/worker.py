@@ -11,6 +11,8 @@ from celeryctl.cli.options import (
     BackendOpt,
     BrokerOpt,
     DataDirOpt,
+    MaxDeliveriesOpt,
+    QueueTypeOpt,
     count_parser,
     parse_queue_list,
     resolve,
@@ -80,6 +82,8 @@ def worker(
             "(only where the app keeps Celery's defaults).",
         ),
     ] = True,
+    queue_type: QueueTypeOpt = None,
+    max_deliveries: MaxDeliveriesOpt = None,
     broker: BrokerOpt = None,
     backend: BackendOpt = None,
     data_dir: DataDirOpt = None,
@@ -90,10 +94,18 @@ def worker(
     takes one task at a time; task events are on.  SIGTERM or Ctrl-C: warm shutdown (running
     tasks finish).  A broker that cannot be reached is an error within seconds (exit 6).
     """
+    from celeryctl import topology
     from celeryctl import worker as core
     from celeryctl.celeryapp import load_app
 
-    settings = resolve(broker_url=broker, result_backend=backend, app=app_spec, data_dir=data_dir)
+    settings = resolve(
+        broker_url=broker,
+        result_backend=backend,
+        app=app_spec,
+        data_dir=data_dir,
+        queue_type=queue_type,
+        max_deliveries=max_deliveries,
+    )
     app = load_app(settings.app, settings)
     plan = core.prepare(
         app,
@@ -106,6 +118,7 @@ def worker(
         extra=extra,
         wait_for_broker=wait_for_broker,
         durable=durable,
+        queue_policy=topology.policy(settings),
     )
     banner(plan)
     code = core.run(app, plan)

@@ -23,6 +23,13 @@ def banner(plan: WorkerPlan) -> None:
     table.add_row("broker", escape(plan.broker))
     table.add_row("results", escape(plan.backend))
     table.add_row("queues", escape(", ".join(plan.queues)))
+    if plan.queue_type == "quorum":
+        table.add_row(
+            "delivery",
+            f"quorum queues, at most {plan.max_deliveries} deliveries, then dead-lettered to QUEUE.dead",
+        )
+    elif plan.queue_type == "classic":
+        table.add_row("delivery", "classic queues (no delivery limit, no dead-letter queue)")
     table.add_row("concurrency", f"{plan.concurrency} ({escape(plan.pool)})")
     if plan.beat:
         table.add_row("beat", "on")
