@@ -234,7 +234,7 @@ def mismatch_error(mismatch: Mismatch, pol: QueuePolicy) -> QueueMismatchError:
         current = "quorum" if pol.queue_type == "classic" else "classic"
         other = "quorum" if current == "quorum" else "classic"
         hint = (
-            f"convert it (no worker may consume it): celeryctl queues convert {name} --to {pol.queue_type}; "
+            f"convert it (no worker may consume it): celeryctl convert-queue {name} --to {pol.queue_type}; "
             f"or keep it {other}: --queue-type {other} (queue_type = \"{other}\" in celeryctl.toml)"
         )
         message = (
@@ -249,14 +249,14 @@ def mismatch_error(mismatch: Mismatch, pol: QueuePolicy) -> QueueMismatchError:
         )
         hint = (
             f"use --max-deliveries {was} (max_deliveries = {was} in celeryctl.toml), or recreate it: "
-            f"celeryctl queues convert {name} --to quorum --max-deliveries {pol.max_deliveries}"
+            f"celeryctl convert-queue {name} --to quorum --max-deliveries {pol.max_deliveries}"
         )
     else:
         message = (
             f"queue {name!r} exists with {mismatch.argument} = {mismatch.current}, celeryctl declares "
             f"{mismatch.wanted}; RabbitMQ refuses the redeclaration"
         )
-        hint = f"recreate it with celeryctl's arguments: celeryctl queues convert {name} --to {pol.queue_type}"
+        hint = f"recreate it with celeryctl's arguments: celeryctl convert-queue {name} --to {pol.queue_type}"
     return QueueMismatchError(message, hint, details={"mismatch": mismatch.to_dict(), **pol.to_dict()})
 
 

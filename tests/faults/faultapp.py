@@ -1,0 +1,38 @@
+"""The app of the fault suite: every task that completes appends its id to a ledger file.
+
+The ledger (``FAULT_LEDGER``, one id per line, appended with O_APPEND so that concurrent
+processes never interleave a line) is the worker side's count: what completed, how often.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from celery import Celery
+
+app = Celery("faultapp")
+
+
+def _record(task_id: str | None) -> None:
+    path = os.environ["FAULT_LEDGER"]
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{task_id}\n".encode())
+    finally:
+        os.close(fd)
+
+
+@app.task(bind=True)
+def record(self, i: int = 0, seconds: float = 0.0) -> int:  # type: ignore[no-untyped-def]
+    """Sleep ``seconds``, then count this task as done."""
+    if seconds:
+        time.sleep(seconds)
+    _record(self.request.id)
+    return i
+
+
+@app.task
+def die() -> None:
+    """A poison task: it kills the process that runs it, on every delivery."""
+    os._exit(1)
