@@ -18,6 +18,8 @@ from celery import Celery, Task
 
 app = Celery("celeryctl.demo")
 app.conf.update(
+    # celeryctl alone declares the demo's queues: quorum by default (celeryctl.topology).
+    celeryctl_owned=True,
     task_track_started=True,
     result_extended=False,
     # JSON only: the demo's results are plain numbers and strings.

@@ -138,7 +138,7 @@ def open_client(
     pol = topology.policy(settings)
     managed = topology.configure_app(app, pol, [queue] if queue else [])
     if priority is not None and (queue or str(app.conf.task_default_queue)) in managed:
-        topology.check_priority(pol, priority)
+        topology.check_priority(topology.policy_of(app), priority)
     prepare_client(app)
     name = resolve_task_name(app, task)
     if args is not None or kwargs is not None:
@@ -146,7 +146,7 @@ def open_client(
     if wait:
         check_waitable(app, name)
     check_broker(app)
-    topology.declare(str(app.conf.broker_url), managed, pol)
+    topology.declare(str(app.conf.broker_url), managed, topology.policy_of(app))
     return app, name
 
 

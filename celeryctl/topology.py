@@ -5,12 +5,17 @@ One home for the shape of a task queue.  ``worker``, ``submit``, ``doctor``, ``d
 here, so that every client declares a queue the same way (RabbitMQ refuses a redeclaration with
 other arguments).
 
-``quorum`` (the default): a quorum queue with ``x-delivery-limit`` (``max_deliveries`` - 1: the
-first delivery is not a redelivery) that dead-letters, at least once, to ``NAME.dead``; bound to a
-topic exchange so that Celery's native delayed delivery carries countdown/ETA tasks (a worker
-holding an ETA task under a static prefetch would block).  ``classic``: exactly what Celery
-declares by itself (a classic queue on the direct ``celery`` exchange), for brokers that
-already hold classic queues.  Queues that an app declares itself (``task_queues``) are the app's.
+``quorum``: a quorum queue with ``x-delivery-limit`` (``max_deliveries`` - 1: the first delivery
+is not a redelivery) that dead-letters, at least once, to ``NAME.dead``; bound to a topic exchange
+so that Celery's native delayed delivery carries countdown/ETA tasks (a worker holding an ETA task
+under a static prefetch would block).  ``classic``: exactly what Celery declares by itself.
+
+Which one (README "Reliability"): every producer of a queue must declare it with the same
+arguments, and an app's own code (``.delay()`` in a web view) declares its queues as the app's
+configuration says.  So quorum is the default where celeryctl's declaration is the app's own:
+the built-in demo app, and apps that call :func:`configure` (``celeryctl.configure(app)``) in
+their module.  Any other app keeps what it declares itself (Celery's classic) unless
+``queue_type`` is set explicitly (flag, ``CELERYCTL_QUEUE_TYPE`` or the settings file).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class QueuePolicy:
 
     queue_type: str = DEFAULT_QUEUE_TYPE
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    explicit: bool = True  # False: the default, which an app that declares its own queues keeps
 
     @property
     def quorum(self) -> bool:
@@ -95,7 +101,8 @@ def check_max_deliveries(value: object, what: str = "--max-deliveries") -> int:
 
 def policy(settings: Settings) -> QueuePolicy:
     """The policy the settings choose (flag > ``CELERYCTL_QUEUE_TYPE``/``_MAX_DELIVERIES`` > file)."""
-    return QueuePolicy(settings.queue_type, settings.max_deliveries)
+    explicit = settings.sources.get("queue_type", "default") != "default"
+    return QueuePolicy(settings.queue_type, settings.max_deliveries, explicit)
 
 
 def check_priority(pol: QueuePolicy, priority: int | None) -> None:
@@ -134,16 +141,40 @@ def kombu_queue(name: str, pol: QueuePolicy) -> Any:
 
 
 def configure_app(app: Celery, pol: QueuePolicy, names: Iterable[str] = ()) -> list[str]:
-    """Declare the app's default queue and ``names`` under ``pol``; the names celeryctl manages.
+    """Apply ``pol`` to the app's default queue and ``names``; the app's queues celeryctl shaped.
 
-    Nothing changes for ``classic`` (Celery declares its own queues) or for an app that lists its
-    own ``task_queues``.  Under ``quorum`` every queue Celery creates on demand (a ``-Q`` or a route
-    to a queue not listed) gets the same arguments; publisher confirms are on, as Celery's quorum
-    support requires.
+    Nothing changes for ``classic``, for an app that lists its own ``task_queues`` (those made by
+    :func:`configure` are returned: they are celeryctl's shape), or — when the policy is only the
+    default — for an app other than celeryctl's own, whose code declares its queues itself.  The
+    policy to declare the returned names with is :func:`policy_of`.
     """
     conf = app.conf
-    if not pol.quorum or conf.task_queues:
+    if conf.task_queues:
+        return managed_queues(app)
+    if not pol.quorum or not (pol.explicit or conf.get(OWNED_KEY)):
         return []
+    return _apply(app, pol, names)
+
+
+def configure(app: Celery, *, max_deliveries: int = DEFAULT_MAX_DELIVERIES, queues: Iterable[str] = ()) -> Celery:
+    """Give ``app`` celeryctl's quorum queues: call it in the app's module (``celeryctl.configure(app)``).
+
+    Every producer that imports the app (a web view's ``.delay()``, a script, ``celeryctl submit``)
+    and every worker then declare the same queues: quorum, at most ``max_deliveries`` deliveries,
+    dead letters in ``QUEUE.dead``.  Returns ``app``.
+    """
+    pol = QueuePolicy("quorum", check_max_deliveries(max_deliveries, "max_deliveries"))
+    _apply(app, pol, queues)
+    return app
+
+
+#: Set on celeryctl's own apps (the demo): their queues are declared only by celeryctl.
+OWNED_KEY = "celeryctl_owned"
+POLICY_KEY = "celeryctl_queue_policy"
+
+
+def _apply(app: Celery, pol: QueuePolicy, names: Iterable[str]) -> list[str]:
+    conf = app.conf
     wanted = list(dict.fromkeys([str(conf.task_default_queue), *names]))
     for name in wanted:
         validate.queue_name(dead_queue(name), f"the dead-letter queue of {name!r}")
@@ -156,15 +187,36 @@ def configure_app(app: Celery, pol: QueuePolicy, names: Iterable[str] = ()) -> l
     options = dict(conf.broker_transport_options or {})
     options["confirm_publish"] = True
     conf.broker_transport_options = options
-    conf.celeryctl_queue_policy = pol
+    conf[POLICY_KEY] = pol
     queues = app.amqp.queues
     queues.new_missing = lambda name: kombu_queue(name, pol)  # a route to a queue not listed
+    _round_up_short_delays()
     return wanted
+
+
+def _round_up_short_delays() -> None:
+    """Countdowns under a second go through native delayed delivery as one second.
+
+    Celery computes the delay's routing key from ``int(countdown)`` and raises
+    ``ValueError: countdown must be a positive number`` for 0 < countdown < 1 (a ``retry`` with
+    ``countdown=0.5`` fails in the worker; ``submit --eta`` a moment away fails).
+    """
+    import celery.app.base as base
+
+    original = base.calculate_routing_key
+    if getattr(original, "celeryctl_rounds_up", False):
+        return
+
+    def calculate_routing_key(countdown: int, routing_key: str) -> str:
+        return str(original(max(1, int(countdown)), routing_key))
+
+    calculate_routing_key.celeryctl_rounds_up = True  # type: ignore[attr-defined]
+    base.calculate_routing_key = calculate_routing_key
 
 
 def policy_of(app: Celery) -> QueuePolicy:
     """The policy :func:`configure_app` applied to ``app`` (classic when it applied none)."""
-    pol = app.conf.get("celeryctl_queue_policy")
+    pol = app.conf.get(POLICY_KEY)
     return pol if isinstance(pol, QueuePolicy) else QueuePolicy("classic")
 
 

@@ -134,7 +134,7 @@ def prepare(
     if durable:
         add_event_batching(app)
     queue_list = [validate.queue_name(q.strip(), "-Q") for q in ",".join(queues or []).split(",") if q.strip()]
-    pol = queue_policy or QueuePolicy()
+    pol = queue_policy or QueuePolicy(explicit=False)
     managed = topology.configure_app(app, pol, queue_list)
     check_app_queues(app)
     require_backend(app)
@@ -153,6 +153,7 @@ def prepare(
     names = task_names(app)
     broker_url = str(app.conf.broker_url)
     ensure_reachable(broker_url, wait=wait_for_broker)
+    pol = topology.policy_of(app) if managed else pol
     topology.declare(broker_url, managed, pol)
     effective_pool = pool or "prefork"
     return WorkerPlan(
@@ -400,6 +401,7 @@ def demo_session(settings: Settings, *, on_progress: Callable[[str], None] | Non
     ensure_reachable(url)
     app = load_app(None, settings, explicit=frozenset({"broker_url"}))
     queue = "celeryctl.demo"
+    topology.configure_app(app, topology.policy(settings), [queue])  # as the worker declares it
     worker = BackgroundWorker(url, settings.data_dir / "demo-worker.log", queue=queue)
     say("starting a worker")
     worker.start()

@@ -93,8 +93,18 @@ def spawn(tmp_path: Path, isolated_env: dict[str, str]) -> Iterator[SpawnRun]:
 
 
 def depth(rabbit: RabbitNode, vhost: Vhost, queue: str) -> int:
-    rows = rabbit.runner().json("list_queues", "-p", vhost.name, "name", "messages")
-    return next((int(r["messages"]) for r in rows if r["name"] == queue), 0)
+    """Messages in ``queue`` now: a passive declare (rabbitmqctl's count of a quorum queue lags)."""
+    import pika
+    import pika.exceptions
+
+    conn = pika.BlockingConnection(pika.URLParameters(vhost.url))
+    try:
+        return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0
+    finally:
+        if conn.is_open:
+            conn.close()
 
 
 def one_json(text: str) -> dict:  # type: ignore[type-arg]

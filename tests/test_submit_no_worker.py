@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from tests.conftest import CliRun, RabbitNode
+from tests.conftest import CliRun, RabbitNode, wait_for
 
 
 def test_wait_on_a_queue_without_consumers_warns(cli: CliRun, rabbit: RabbitNode) -> None:
@@ -28,5 +28,9 @@ def test_wait_on_a_queue_without_consumers_warns(cli: CliRun, rabbit: RabbitNode
     ]
     assert "Traceback" not in r.output
     # the task was submitted and still waits in the queue
-    queues = {q["name"]: q for q in rabbit.runner().json("list_queues", "name", "messages", "consumers")}
-    assert queues[queue]["messages"] == 1 and queues[queue]["consumers"] == 0
+    def counts() -> tuple[int, int]:  # rabbitmqctl's counts of a quorum queue lag by a few seconds
+        rows = rabbit.runner().json("list_queues", "name", "messages", "consumers")
+        row = next(q for q in rows if q["name"] == queue)
+        return int(row["messages"]), int(row["consumers"])
+
+    wait_for(lambda: counts() == (1, 0), timeout=30, what=f"the task to show in queue {queue}")

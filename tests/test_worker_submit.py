@@ -121,7 +121,7 @@ def test_submit_add_wait_prints_result_and_states(cli: CliRun, env: dict[str, st
 
 
 def test_submit_mul_json(cli: CliRun, env: dict[str, str], demo_worker: Worker) -> None:
-    r = cli("submit", "celeryctl.demo.mul", "6", "7", "--priority", "5", "--wait", "--json", env=env)
+    r = cli("submit", "celeryctl.demo.mul", "6", "7", "--wait", "--json", env=env)
     doc = r.json()
     assert r.returncode == 0 and doc["ok"] is True
     assert doc["result"] == 42 and doc["state"] == "SUCCESS" and doc["task"] == "celeryctl.demo.mul"
@@ -180,7 +180,7 @@ def test_submit_count(cli: CliRun, env: dict[str, str], demo_worker: Worker) -> 
     doc = r.json()
     assert (doc["submitted"], doc["succeeded"], doc["failed"]) == (300, 300, 0)
     assert doc["rate"] > 0 and doc["seconds"] > 0
-    ids = cli("submit", "mul", "2", "2", "--count", "20", "--priority", "3", env=env)
+    ids = cli("submit", "mul", "2", "2", "--count", "20", env=env)
     assert ids.returncode == 0, ids.output
     lines = ids.stdout.split()
     assert len(lines) == 20 and len(set(lines)) == 20 and all(UUID.match(x) for x in lines)

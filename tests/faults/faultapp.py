@@ -11,7 +11,12 @@ import time
 
 from celery import Celery
 
+import celeryctl
+
 app = Celery("faultapp")
+# The app's own queues are celeryctl's quorum queues (delivery limit 5, dead letters in
+# QUEUE.dead), for every producer and worker that imports it: README "Reliability".
+celeryctl.configure(app)
 
 
 def _record(task_id: str | None) -> None:
