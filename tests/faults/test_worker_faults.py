@@ -81,6 +81,18 @@ def start_worker(workers: Workers, node: FaultNode, ledger: Ledger, *args: str) 
     return workers.start(["celeryctl", "worker"], node.url, "-A", APP, *args, env=_env(node, ledger), cwd=ROOT)
 
 
+def restart(node: FaultNode) -> None:
+    """Stop and start the broker; then drop this process's pooled connections to the old one.
+
+    (kombu keeps a process-wide pool per broker URL: the next worker ping would reuse a dead one.)
+    """
+    from kombu import pools
+
+    node.stop()
+    node.start()
+    pools.reset()
+
+
 def all_done(ledger: Ledger, ids: list[str]) -> bool:
     return ledger.report(ids)["lost"] == 0
 
@@ -131,8 +143,7 @@ def test_sigkill_of_one_pool_process_reruns_its_task(cli: CliRun, fault_node: Fa
 def test_broker_restart_keeps_the_queued_tasks(cli: CliRun, fault_node: FaultNode, workers: Workers, ledger: Ledger) -> None:
     ids = submit(cli, fault_node, "record", count=1000)
     assert depth(fault_node.url, QUEUE) == 1000
-    fault_node.stop()
-    fault_node.start()
+    restart(fault_node)
     wait_for(lambda: depth(fault_node.url, QUEUE) == 1000, timeout=30, what="1,000 messages after the restart")
     start_worker(workers, fault_node, ledger, "-c", "2")
     wait_for(lambda: all_done(ledger, ids), timeout=60, what="all 1,000 done")
@@ -141,8 +152,7 @@ def test_broker_restart_keeps_the_queued_tasks(cli: CliRun, fault_node: FaultNod
 
 def test_worker_reconnects_after_a_broker_restart(cli: CliRun, fault_node: FaultNode, workers: Workers, ledger: Ledger) -> None:
     worker = start_worker(workers, fault_node, ledger, "-c", "2")
-    fault_node.stop()
-    fault_node.start()
+    restart(fault_node)
     ids = submit(cli, fault_node, "record", count=100)
     wait_for(lambda: all_done(ledger, ids), timeout=60, what="100 new tasks done after the restart")
     assert worker.proc is not None and worker.proc.poll() is None
