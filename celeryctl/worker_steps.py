@@ -164,9 +164,10 @@ def _build() -> list[type]:  # noqa: C901 - three small classes that need Celery
                 from celery.worker import state
 
                 self.deadline = time.monotonic() + grace
+                safe_say("worker: Warm shutdown (MainProcess)")  # Celery's own line, as for Ctrl-C
                 safe_say(
-                    f"worker: Warm shutdown (MainProcess): {len(state.active_requests)} running task(s) "
-                    f"get up to {grace:g} s to finish, then they are re-queued"
+                    f"worker: {len(state.active_requests)} running task(s) get up to {grace:g} s to finish, "
+                    "then they are re-queued"
                 )
                 c.hub.call_soon(self._stopping, c)
 
