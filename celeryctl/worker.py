@@ -4,8 +4,9 @@
 :data:`DURABLE_DEFAULTS` where the app left Celery's defaults, checks that the
 broker answers (so a broker that is down is a clear error within seconds, not an endless retry
 loop) and returns a :class:`WorkerPlan` that the CLI shows as a banner.  :func:`run` then hands the
-plan to Celery's own ``worker`` command (so any ``celery worker`` option can follow ``--``);
-SIGTERM and Ctrl-C give Celery's warm shutdown: the tasks in progress finish first.
+plan to Celery's own ``worker`` command (so any ``celery worker`` option can follow ``--``).
+SIGTERM gives the running tasks ``grace`` seconds to finish, then re-queues the rest and exits 0
+(:mod:`celeryctl.worker_steps`); Ctrl-C is Celery's: warm, and cold the second time.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from celeryctl import topology, validate
+from celeryctl import topology, validate, worker_steps
 from celeryctl.broker import BrokerUrl, ensure_reachable, mask_url
 from celeryctl.celeryapp import require_backend, require_pool, run_celery, task_names
 from celeryctl.errors import ConfigError, TimeoutError_, UsageError, WorkerError
 from celeryctl.settings import Settings
 from celeryctl.topology import QueuePolicy
+from celeryctl.worker_steps import DEFAULT_GRACE
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -31,21 +33,13 @@ if TYPE_CHECKING:
 POOLS = ("prefork", "solo", "threads", "eventlet", "gevent")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
-#: Task events are sent in batches at most this many seconds late (or at once when
-#: :data:`EVENT_BATCH` of them are waiting).  Celery sends the buffered task events on the next
-#: turn of the event loop, which is one message per event or two at a few hundred tasks/s: that
-#: cost a third of the worker's CPU per task on a 2-CPU machine (``benchmarks/bench_submit.py``).
-#: Batched, monitors still see every task (Celery's own ``task.multi`` messages), 0.1 s later.
-EVENT_FLUSH_INTERVAL = 0.1
-EVENT_BATCH = 100
-
 #: Defaults under which no task is lost and monitors see every task.  They are applied only
 #: where the app leaves the setting at Celery's own default.
 #:
 #: Their cost, measured with a pre-filled queue on a 2-CPU machine (worker -c 2, ``add``): CPU per
 #: task, worker + broker, 1.1 + 0.54 ms with all of them (drains 887-927/s) against 0.63 + 0.29 ms
 #: with Celery's defaults (1,700/s).  Task events were the largest part (0.45 ms): they are kept,
-#: but sent in batches (``celeryctl.worker.EVENT_FLUSH_INTERVAL``), which leaves 0.11 ms
+#: but sent in batches (``celeryctl.worker_steps.EVENT_FLUSH_INTERVAL``), which leaves 0.11 ms
 #: (0.88 + 0.42 ms, 1,122/s).  STARTED costs 0.14 + 0.09 ms (one more reply per task) and is kept
 #: for the ``--wait`` display.  Prefetch 4 instead of 1 drains 14% more short tasks, but lets a
 #: process hold tasks that an idle process could run, which long tasks must not suffer: it stays
@@ -89,6 +83,7 @@ class WorkerPlan:
     beat: bool = False
     queue_type: str = "classic"  # "quorum", "classic", or "app" (the app declares its own queues)
     max_deliveries: int | None = None
+    grace: float = DEFAULT_GRACE  # seconds the running tasks get after SIGTERM
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -104,6 +99,7 @@ class WorkerPlan:
             "beat": self.beat,
             "queue_type": self.queue_type,
             "max_deliveries": self.max_deliveries,
+            "grace": self.grace,
         }
 
 
@@ -120,6 +116,7 @@ def prepare(
     wait_for_broker: float = 0.0,
     durable: bool = True,
     queue_policy: QueuePolicy | None = None,
+    grace: float = DEFAULT_GRACE,
 ) -> WorkerPlan:
     """Configure ``app`` for a worker, check the broker, and return what :func:`run` will start."""
     if concurrency is not None and concurrency < 1:
@@ -131,8 +128,7 @@ def prepare(
         raise UsageError(f"unknown pool '{pool}'", f"use one of {', '.join(POOLS)}")
     require_pool(pool)
     applied = apply_durable_defaults(app) if durable else {}
-    if durable:
-        add_event_batching(app)
+    worker_steps.install(app, batching=durable, grace=grace)
     queue_list = [validate.queue_name(q.strip(), "-Q") for q in ",".join(queues or []).split(",") if q.strip()]
     pol = queue_policy or QueuePolicy(explicit=False)
     managed = topology.configure_app(app, pol, queue_list)
@@ -170,6 +166,7 @@ def prepare(
         beat=beat,
         queue_type=pol.queue_type if managed else "app",
         max_deliveries=pol.max_deliveries if managed else None,
+        grace=grace,
     )
 
 
@@ -191,66 +188,6 @@ def check_app_queues(app: Celery) -> None:
                 f"fix {setting} in the app's configuration",
                 details={"setting": setting},
             ) from None
-
-
-_BATCHING_STEP: type | None = None
-
-
-def _batching_step() -> type:
-    """A consumer bootstep that sends the worker's task events in timed batches."""
-    global _BATCHING_STEP
-    if _BATCHING_STEP is not None:
-        return _BATCHING_STEP
-    from celery import bootsteps
-
-    class BatchedTaskEvents(bootsteps.StartStopStep):  # type: ignore[misc]
-        requires = ("celery.worker.consumer.events:Events",)
-
-        def start(self, c: Any) -> None:
-            dispatcher = c.event_dispatcher
-            if dispatcher is None or c.hub is None:  # no event loop: Celery sends them at once
-                return
-            hub = c.hub
-            pending = [False]
-
-            def flush() -> None:
-                pending[0] = False
-                if c.event_dispatcher is dispatcher:
-                    dispatcher.flush()
-
-            def on_buffered() -> None:
-                if not pending[0]:
-                    pending[0] = True
-                    hub.call_later(EVENT_FLUSH_INTERVAL, flush)
-
-            dispatcher.buffer_limit = EVENT_BATCH
-            dispatcher.on_send_buffered = on_buffered
-
-        def stop(self, c: Any) -> None:
-            self._flush(c)
-
-        def shutdown(self, c: Any) -> None:
-            self._flush(c)
-
-        @staticmethod
-        def _flush(c: Any) -> None:
-            dispatcher = c.event_dispatcher
-            if dispatcher is not None:
-                from amqp.exceptions import AMQPError
-                from kombu.exceptions import OperationalError
-
-                try:
-                    dispatcher.flush()
-                except (OperationalError, AMQPError, OSError):  # the connection is gone; Celery re-buffers
-                    pass
-
-    _BATCHING_STEP = BatchedTaskEvents
-    return BatchedTaskEvents
-
-
-def add_event_batching(app: Celery) -> None:
-    """Send task events in batches (see :data:`EVENT_FLUSH_INTERVAL`); idempotent."""
-    app.steps["consumer"].add(_batching_step())
 
 
 def run(app: Celery, plan: WorkerPlan) -> int:

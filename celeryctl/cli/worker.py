@@ -19,6 +19,7 @@ from celeryctl.cli.options import (
     seconds_parser,
 )
 from celeryctl.render.worker import banner
+from celeryctl.worker_steps import DEFAULT_GRACE
 
 
 def worker(
@@ -74,6 +75,16 @@ def worker(
             help="Keep trying to reach the broker for this many seconds before giving up."
         ),
     ] = 0.0,
+    grace: Annotated[
+        float,
+        typer.Option(
+            "--grace",
+            parser=seconds_parser(),
+            metavar="SECONDS",
+            help="After SIGTERM, running tasks get this long to finish; then they are re-queued "
+            "(keep it below the container's kill timeout: Kubernetes 30 s, docker stop 10 s).",
+        ),
+    ] = DEFAULT_GRACE,
     durable: Annotated[
         bool,
         typer.Option(
@@ -91,8 +102,10 @@ def worker(
     """Run a Celery worker in this process for the demo app or your app (-A).
 
     Tasks are acknowledged after they ran and re-queued if a worker process dies; each process
-    takes one task at a time; task events are on.  SIGTERM or Ctrl-C: warm shutdown (running
-    tasks finish).  A broker that cannot be reached is an error within seconds (exit 6).
+    takes one task at a time; task events are on.  SIGTERM: no new tasks, the running ones get
+    --grace seconds to finish, what is left is re-queued, exit 0.  Ctrl-C: warm shutdown, twice:
+    cold.  A message that cannot be decoded is rejected (dead-lettered on a quorum queue).  A
+    broker that cannot be reached is an error within seconds (exit 6).
     """
     from celeryctl import topology
     from celeryctl import worker as core
@@ -119,6 +132,7 @@ def worker(
         wait_for_broker=wait_for_broker,
         durable=durable,
         queue_policy=topology.policy(settings),
+        grace=grace,
     )
     banner(plan)
     code = core.run(app, plan)

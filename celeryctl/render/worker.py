@@ -30,6 +30,7 @@ def banner(plan: WorkerPlan) -> None:
         )
     elif plan.queue_type == "classic":
         table.add_row("delivery", "classic queues (no delivery limit, no dead-letter queue)")
+    table.add_row("SIGTERM", f"running tasks get {plan.grace:g} s to finish, then are re-queued")
     table.add_row("concurrency", f"{plan.concurrency} ({escape(plan.pool)})")
     if plan.beat:
         table.add_row("beat", "on")

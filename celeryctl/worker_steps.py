@@ -1,0 +1,210 @@
+"""What celeryctl's worker does differently from Celery's own: three consumer bootsteps.
+
+- :class:`BatchedTaskEvents`: task events sent in timed batches (:data:`EVENT_FLUSH_INTERVAL`).
+- :class:`RejectUndecodable`: a message that cannot be decoded is rejected (dead-lettered on a
+  quorum queue), where Celery acknowledges, that is drops, it.
+- :class:`GracefulTerm`: SIGTERM gives the running tasks :data:`DEFAULT_GRACE` seconds
+  (``--grace``) to finish; what is still running then is re-queued and the worker exits 0.
+
+The classes are built on first use, so that importing this module does not import Celery.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+logger = logging.getLogger("celeryctl.worker")
+
+#: Task events are sent in batches at most this many seconds late (or at once when
+#: :data:`EVENT_BATCH` of them are waiting).  Celery sends the buffered task events on the next
+#: turn of the event loop, which is one message per event or two at a few hundred tasks/s: that
+#: cost a third of the worker's CPU per task on a 2-CPU machine (``benchmarks/bench_submit.py``).
+#: Batched, monitors still see every task (Celery's own ``task.multi`` messages), 0.1 s later.
+EVENT_FLUSH_INTERVAL = 0.1
+EVENT_BATCH = 100
+
+#: Seconds the running tasks get to finish after SIGTERM.  Kubernetes sends SIGKILL 30 s after
+#: SIGTERM (``terminationGracePeriodSeconds``): 25 s leaves 5 s to re-queue what is left and close
+#: the connection.  Raise both together for longer tasks (``docker stop`` waits 10 s: ``-t 30``).
+DEFAULT_GRACE = 25.0
+#: Where the grace travels from ``prepare`` to the step: a key of the app's configuration.
+GRACE_KEY = "celeryctl_grace"
+#: How often, while stopping, the worker looks whether its tasks are done.
+POLL = 0.05
+
+_STEPS: list[type] = []
+
+
+def install(app: Celery, *, batching: bool, grace: float) -> None:
+    """Add the steps to ``app``'s worker (idempotent); event batching only when asked."""
+    batched, reject, term = _steps()
+    app.conf[GRACE_KEY] = grace
+    consumer = app.steps["consumer"]
+    consumer.add(reject)
+    consumer.add(term)
+    if batching:
+        consumer.add(batched)
+
+
+def _steps() -> list[type]:
+    if not _STEPS:
+        _STEPS.extend(_build())
+    return _STEPS
+
+
+def _build() -> list[type]:  # noqa: C901 - three small classes that need Celery imported
+    from celery import bootsteps
+
+    class BatchedTaskEvents(bootsteps.StartStopStep):  # type: ignore[misc]
+        """Task events in batches: at most :data:`EVENT_FLUSH_INTERVAL` late."""
+
+        requires = ("celery.worker.consumer.events:Events",)
+
+        def start(self, c: Any) -> None:
+            dispatcher = c.event_dispatcher
+            if dispatcher is None or c.hub is None:  # no event loop: Celery sends them at once
+                return
+            hub = c.hub
+            pending = [False]
+
+            def flush() -> None:
+                pending[0] = False
+                if c.event_dispatcher is dispatcher:
+                    dispatcher.flush()
+
+            def on_buffered() -> None:
+                if not pending[0]:
+                    pending[0] = True
+                    hub.call_later(EVENT_FLUSH_INTERVAL, flush)
+
+            dispatcher.buffer_limit = EVENT_BATCH
+            dispatcher.on_send_buffered = on_buffered
+
+        def stop(self, c: Any) -> None:
+            self._flush(c)
+
+        def shutdown(self, c: Any) -> None:
+            self._flush(c)
+
+        @staticmethod
+        def _flush(c: Any) -> None:
+            dispatcher = c.event_dispatcher
+            if dispatcher is not None:
+                from amqp.exceptions import AMQPError
+                from kombu.exceptions import OperationalError
+
+                try:
+                    dispatcher.flush()
+                except (OperationalError, AMQPError, OSError):  # the connection is gone; Celery re-buffers
+                    pass
+
+    class RejectUndecodable(bootsteps.Step):  # type: ignore[misc]
+        """A message the worker cannot decode is rejected (not re-queued), with one log line.
+
+        Celery's ``Consumer.on_decode_error`` acknowledges it, which drops it for good; rejected,
+        a quorum queue dead-letters it to ``QUEUE.dead``, where ``celeryctl dead`` shows it.
+        Replaced on the consumer when the blueprint is built, before the Tasks step passes it
+        to the task consumer.  (Unknown task names and messages that are not Celery's protocol
+        Celery rejects already.)
+        """
+
+        def __init__(self, c: Any, **kwargs: Any) -> None:
+            super().__init__(c, **kwargs)
+
+            def on_decode_error(message: Any, exc: Exception) -> None:
+                logger.error(
+                    "rejected a message on queue %s that cannot be decoded (content type %s): %s: %s",
+                    _queue_of(c, message),
+                    message.content_type,
+                    type(exc).__name__,
+                    exc,
+                )
+                message.reject_log_error(logger, c.connection_errors)
+
+            c.on_decode_error = on_decode_error
+
+    class GracefulTerm(bootsteps.StartStopStep):  # type: ignore[misc]
+        """SIGTERM: stop taking tasks, let the running ones finish within the grace, re-queue the rest.
+
+        Celery's own SIGTERM is a warm shutdown without a bound (a long task holds the worker
+        until the container is killed); its soft shutdown (``worker_soft_shutdown_timeout``)
+        sleeps the whole timeout inside the signal handler, the event loop stopped, and ends
+        with exit 1.  Here the handler only schedules the work on the event loop: the worker
+        keeps acknowledging the tasks that finish, exits as soon as none runs (a warm
+        shutdown, exit 0), and at the end of the grace cancels the rest — their messages,
+        never acknowledged (late acks), go back to the queue — and exits 0 too.
+        """
+
+        requires = ("celery.worker.consumer.tasks:Tasks",)
+
+        def __init__(self, c: Any, **kwargs: Any) -> None:
+            super().__init__(c, **kwargs)
+            self.deadline: float | None = None
+
+        def start(self, c: Any) -> None:
+            if c.hub is None:  # solo/threads pools: no event loop; Celery's warm shutdown stays
+                return
+            from celery import platforms
+
+            main = os.getpid()
+            grace = float(c.app.conf.get(GRACE_KEY, DEFAULT_GRACE))
+
+            def on_sigterm(*_args: Any) -> None:
+                if os.getpid() != main:  # a pool process that inherited the handler
+                    os._exit(0)
+                if self.deadline is not None:
+                    return  # already stopping: the first SIGTERM's grace runs on
+                from celery.apps.worker import safe_say
+                from celery.worker import state
+
+                self.deadline = time.monotonic() + grace
+                safe_say("worker: Warm shutdown (MainProcess)")  # Celery's own line, as for Ctrl-C
+                safe_say(
+                    f"worker: {len(state.active_requests)} running task(s) get up to {grace:g} s to finish, "
+                    "then they are re-queued"
+                )
+                c.hub.call_soon(self._stopping, c)
+
+            platforms.signals["SIGTERM"] = on_sigterm
+
+        def _stopping(self, c: Any) -> None:
+            if c.task_consumer is not None:  # take no new task; the prefetched ones return unacked
+                try:
+                    c.task_consumer.cancel()
+                except c.connection_errors + c.channel_errors:  # the broker is gone: nothing to cancel
+                    pass
+            self._wait(c)
+
+        def _wait(self, c: Any) -> None:
+            from celery.worker import state
+
+            assert self.deadline is not None
+            if not state.active_requests:
+                state.should_stop = 0
+            elif time.monotonic() >= self.deadline:
+                names = ", ".join(sorted({r.name for r in state.active_requests}))
+                logger.warning("grace over: re-queuing %d task(s) still running (%s)", len(state.active_requests), names)
+                c.cancel_active_requests()
+                c.controller.exitcode = 0
+                state.should_terminate = 0
+            else:
+                c.hub.call_later(POLL, self._wait, c)
+
+    return [BatchedTaskEvents, RejectUndecodable, GracefulTerm]
+
+
+def _queue_of(c: Any, message: Any) -> str:
+    """The queue a message came from: by its consumer tag, else its routing key."""
+    info = getattr(message, "delivery_info", None) or {}
+    tag = info.get("consumer_tag")
+    tags = getattr(c.task_consumer, "_active_tags", None) or {}
+    for queue, queue_tag in tags.items():
+        if queue_tag == tag:
+            return str(queue)
+    return str(info.get("routing_key") or "?")
