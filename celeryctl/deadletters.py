@@ -217,9 +217,10 @@ def read_message(
 ) -> DeadLetter:
     """What a dead-lettered message says of itself.
 
-    ``deliveries``: ``x-delivery-count`` + 1 when the message carries it; a message dead-lettered
-    for its delivery limit does not (measured on RabbitMQ 3.10), and was delivered the queue's
-    limit, which is ``max_deliveries`` (celeryctl's setting: RabbitMQ refuses a queue another limit).
+    ``deliveries``: ``x-delivery-count`` + 1 when the message carries it.  On RabbitMQ 3.10.8 a
+    dead-lettered message carries none (measured: neither ``delivery_limit`` nor ``rejected``); one
+    dead-lettered for its delivery limit was delivered the queue's limit, which is ``max_deliveries``
+    (celeryctl's setting: RabbitMQ refuses to redeclare a queue with another limit); else unknown.
     """
     headers: dict[str, Any] = dict(props.headers or {})
     fields = _body_fields(props, body)
