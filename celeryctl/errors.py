@@ -194,3 +194,10 @@ class CommandError(CeleryctlError):
         self.returncode = returncode
         self.stderr = stderr
         self.details.update({"argv": self.argv, "returncode": returncode})
+
+
+class QueueBusyError(CeleryctlError):
+    """A queue that must not be consumed for the action (convert-queue) has consumers."""
+
+    exit_code = ExitCode.FAILED
+    code = "queue_in_use"

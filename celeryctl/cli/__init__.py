@@ -62,6 +62,7 @@ def root(
 # Registration: each command lives in its own module under celeryctl/cli/ (none of them imports
 # celery, kombu or pika at module level). The order is the order of a user's first day.
 from celeryctl.cli import broker  # noqa: E402
+from celeryctl.cli import convert_queue as convert_queue_cmd  # noqa: E402
 from celeryctl.cli import dead as dead_cmd  # noqa: E402
 from celeryctl.cli import demo as demo_cmd  # noqa: E402
 from celeryctl.cli import doctor as doctor_cmd  # noqa: E402
@@ -85,6 +86,7 @@ app.command("top")(top_cmd.top)
 app.command("queues")(queues_cmd.queues)
 app.command("purge", cls=options.PlainHelpCommand)(queues_cmd.purge)
 app.command("flower")(flower_cmd.flower)
+app.command("convert-queue", cls=options.PlainHelpCommand)(convert_queue_cmd.convert_queue)
 app.add_typer(broker.app, name="broker")
 app.add_typer(dead_cmd.app, name="dead")
 
