@@ -5,6 +5,7 @@ that waits ``timeout`` seconds for answers, then ``active``/``active_queues`` ad
 workers that answered, which return as soon as they all did).  Queue depths come from
 :mod:`celeryctl.broker`: ``rabbitmqctl list_queues`` when the broker is celeryctl's own node
 (ready and unacknowledged apart), else passive declares (ready messages and consumers only).
+A queue's dead-letter queue (``NAME.dead``) is folded into it as its ``dead`` count.
 
 Also here, shared by ``status``, ``queues``, ``purge``, ``top`` and ``flower``: which broker
 they look at (the ``-A`` app's own, unless a flag or ``CELERYCTL_*`` variable overrides it).
@@ -29,6 +30,7 @@ from celeryctl.broker import (
     queues_via_amqp,
     queues_via_ctl,
 )
+from celeryctl.broker.queues import fold_dead_letters, with_dead_letter_queues
 from celeryctl.celeryapp import app_broker
 from celeryctl.errors import CeleryctlError, UnreachableError
 
@@ -92,6 +94,7 @@ class Status:
             "ready": total(q.ready for q in self.queues.queues),
             "unacked": total(q.unacked for q in self.queues.queues),
             "consumers": total(q.consumers for q in self.queues.queues),
+            "dead": sum(q.dead or 0 for q in self.queues.queues),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -224,5 +227,6 @@ def status(
             report = QueueReport(vhost, "rabbitmqctl", listed, [n for n in asked if n not in present])
     if report is None:
         names = [*app_queue_names(app), *(q for w in workers for q in w.queues), *asked]
-        report = queues_via_amqp(url, names, asked)
+        report = queues_via_amqp(url, with_dead_letter_queues(names), asked)
+    report.queues = fold_dead_letters(report.queues)
     return Status(mask_url(url), workers, report, time.monotonic() - started)

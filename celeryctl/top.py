@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from celeryctl.broker import QueueDepth, app_queue_names, ensure_reachable, list_queues, mask_url, own_node_runner
+from celeryctl.broker.queues import fold_dead_letters, with_dead_letter_queues
 from celeryctl.celeryapp import app_broker
 from celeryctl.errors import CeleryctlError
 from celeryctl.status import DEFAULT_INSPECT_TIMEOUT, WorkerStatus, describe, inspect_workers
@@ -425,10 +426,10 @@ class TopSession:
         if not self._runner_checked:
             self._runner = own_node_runner(self.settings, self.url)
             self._runner_checked = True
-        names = [*app_queue_names(self.app), *self.extra_queues]
+        names = with_dead_letter_queues([*app_queue_names(self.app), *self.extra_queues])
         try:
             report = list_queues(self.url, self.settings, names, runner=self._runner)
-            self.state.set_queues(report.queues)
+            self.state.set_queues(fold_dead_letters(report.queues))
         except CeleryctlError as exc:
             self.state.set_queues(None, exc.message)
         except (pika.exceptions.AMQPError, OSError) as exc:  # the connection broke during the declares

@@ -102,7 +102,8 @@ def app_dir(tmp_path: Path) -> Path:
 
 
 def own_node_env(rabbit: RabbitNode, url: str) -> dict[str, str]:
-    return {"CELERYCTL_DATA_DIR": str(rabbit.data_dir), "CELERYCTL_BROKER_URL": url}
+    # The workers here are plain Celery: classic queues (under quorum, doctor's "queue types" fails).
+    return {"CELERYCTL_DATA_DIR": str(rabbit.data_dir), "CELERYCTL_BROKER_URL": url, "CELERYCTL_QUEUE_TYPE": "classic"}
 
 
 # --------------------------------------------------------------------------- healthy

@@ -31,6 +31,7 @@ class QueueDepth:
     unacked: int | None
     consumers: int | None
     exists: bool = True
+    dead: int | None = None  # messages in its dead-letter queue (NAME.dead); None: it has none
 
     @property
     def messages(self) -> int | None:
@@ -123,12 +124,16 @@ def queue_depth(url: str | BrokerUrl, queue: str) -> QueueDepth:
 
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+#: Celery's native delayed delivery (countdown/ETA on quorum queues): ``celery_delayed_0..27``.
+_DELAYED = re.compile(r"^celery_delayed_[0-9]+$")
 
 
 def is_internal_queue(name: str) -> bool:
-    """Celery's own plumbing: remote-control (pidbox), event and ``rpc://`` reply queues."""
+    """Celery's own plumbing: remote-control (pidbox), event, ``rpc://`` reply queues and the
+    native delayed delivery queues (``celery_delayed_N``)."""
     return (
         bool(_UUID.match(name))  # rpc:// result queues are named by a UUID
+        or bool(_DELAYED.match(name))
         or name.endswith(".pidbox")
         or name.startswith(("celeryev.", "amq.", "celery.check.", "celeryctl.check."))
         or name.endswith(".reply.celery.pidbox")
@@ -208,6 +213,35 @@ def queues_via_amqp(url: str | BrokerUrl, names: Iterable[str], asked: Iterable[
     wanted = set(names if asked is None else asked)
     found = sorted((d for d in depths if d.exists), key=lambda q: q.name)
     return QueueReport(target.vhost, "amqp", found, [d.name for d in depths if not d.exists and d.name in wanted])
+
+
+def with_dead_letter_queues(names: Iterable[str]) -> list[str]:
+    """``names`` and each one's dead-letter queue (``NAME.dead``), for passive declares."""
+    from celeryctl.topology import dead_queue, is_dead_queue
+
+    out: list[str] = []
+    for name in names:
+        out.append(name)
+        if not is_dead_queue(name):
+            out.append(dead_queue(name))
+    return list(dict.fromkeys(out))
+
+
+def fold_dead_letters(queues: list[QueueDepth]) -> list[QueueDepth]:
+    """Each queue with ``dead`` set from its dead-letter queue's depth; the dead-letter queues
+    whose queue is listed are folded into it (``status`` and ``top`` show a ``dead`` column)."""
+    from celeryctl.topology import dead_queue, is_dead_queue
+
+    by_name = {q.name: q for q in queues}
+    folded: set[str] = set()
+    for q in queues:
+        if is_dead_queue(q.name):
+            continue
+        dead = by_name.get(dead_queue(q.name))
+        if dead is not None and dead.exists:
+            q.dead = dead.messages
+            folded.add(dead.name)
+    return [q for q in queues if q.name not in folded]
 
 
 # --------------------------------------------------------------------------- the app's queues

@@ -8,7 +8,17 @@ import typer
 
 from celeryctl import render
 from celeryctl.cli import options
-from celeryctl.cli.options import AppOpt, BackendOpt, BrokerOpt, DataDirOpt, JsonOpt, VerboseOpt, seconds_parser
+from celeryctl.cli.options import (
+    AppOpt,
+    BackendOpt,
+    BrokerOpt,
+    DataDirOpt,
+    JsonOpt,
+    MaxDeliveriesOpt,
+    QueueTypeOpt,
+    VerboseOpt,
+    seconds_parser,
+)
 
 
 def doctor(
@@ -38,6 +48,8 @@ def doctor(
             show_default=False,
         ),
     ] = None,
+    queue_type: QueueTypeOpt = None,
+    max_deliveries: MaxDeliveriesOpt = None,
     strict: Annotated[bool, typer.Option("--strict", help="Count warnings as failures (exit 1).")] = False,
     verbose: VerboseOpt = False,
     json_: JsonOpt = False,
@@ -45,7 +57,9 @@ def doctor(
     """Check broker, credentials, permissions, app, result backend and workers; say what to fix.
 
     Checks in order: settings, TCP, AMQP handshake, authentication, virtual host, permissions,
-    resource alarms, Celery app, result backend, workers, queue depths, versions, local node.
+    guest login (off loopback), resource alarms, Celery app, serializer (pickle), result backend,
+    workers, queue depths, queue types (as --queue-type declares them), dead letters, versions,
+    local node.
     Each is ok, warn, fail or skip (could not run because an earlier one failed).
     Exit 0 when nothing failed, 1 when something did (with --strict, a warning too).
     """
@@ -59,6 +73,8 @@ def doctor(
         "data_dir": data_dir,
         "doctor_timeout": timeout,
         "ping_timeout": ping_timeout,
+        "queue_type": queue_type,
+        "max_deliveries": max_deliveries,
     }
     with render.spinner("checking", quiet=json_ or not render.err.is_terminal) as update:
         report = run_doctor(flags, config=options.config_path(), on_progress=update)

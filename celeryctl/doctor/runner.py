@@ -21,6 +21,8 @@ from celeryctl.doctor.app import AppResult, app_broker, app_may_name_its_broker,
 from celeryctl.doctor.check import FAIL, OK, SKIP, TITLES, WARN, Check, skip
 from celeryctl.doctor.local_node import LocalResult, alarms_check, check_local_node
 from celeryctl.doctor.network import NetworkResult, check_network, check_settings
+from celeryctl.doctor.reliability import check_queue_shape
+from celeryctl.doctor.security import check_guest, check_serializer
 from celeryctl.doctor.versions import check_versions
 from celeryctl.settings import Settings
 
@@ -105,11 +107,16 @@ def run_doctor(
         finally:
             local_check.release()
         results.update(net.checks)
+        results["guest"] = _guest(net, target, settings)
         say("loading the Celery app")
         app_result = app_future.result()
         results["app"] = app_result.check
+        app = app_result.app
+        results["serializer"] = check_serializer(app) if app is not None else skip("serializer", "the app did not load")
         say("asking the workers")
         results.update(_with_app(app_result, net, target, settings))
+        say("checking the queues' type and dead letters")
+        results.update(_queue_shape(app_result, net, target, settings))
         say("asking the local node")
         local = local_check.future.result()
     finally:
@@ -162,6 +169,25 @@ def _with_app(app_result: AppResult, net: NetworkResult, target: BrokerUrl, sett
             if out[name].status == FAIL:
                 out[name] = skip(name, "missing permissions (see above)")
     return out
+
+
+def _guest(net: NetworkResult, target: BrokerUrl, settings: Settings) -> Check:
+    if net.checks["tcp"].status != OK or net.checks["handshake"].status != OK:
+        return skip("guest", "not connected to the broker")
+    return check_guest(target, min(settings.doctor_timeout, 2.0))
+
+
+def _queue_shape(app_result: AppResult, net: NetworkResult, target: BrokerUrl, settings: Settings) -> dict[str, Check]:
+    """Queue types and dead letters, when the app loaded and the broker lets us look."""
+    names = ("queue_types", "dead_letters")
+    if app_result.app is None:
+        return {name: skip(name, "the app did not load") for name in names}
+    if not net.usable:
+        return {name: skip(name, "the broker is not usable (see above)") for name in names}
+    perms = net.checks.get("permissions")
+    if perms is not None and perms.status == FAIL:
+        return {name: skip(name, "missing permissions (see above)") for name in names}
+    return check_queue_shape(app_result.app, target, settings)
 
 
 def _report(results: dict[str, Check], started: float, broker: str | None) -> DoctorReport:

@@ -13,8 +13,9 @@ if TYPE_CHECKING:
     from celeryctl.queues import Purged
 
 
-def queue_table(queues: list[QueueDepth], title: str | None = None) -> Table:
-    """queue, ready, unacked (``-`` when unknown), consumers."""
+def queue_table(queues: list[QueueDepth], title: str | None = None, *, dead: bool = False) -> Table:
+    """queue, ready, unacked (``-`` when unknown), consumers; with ``dead`` the messages in each
+    queue's dead-letter queue (``-``: it has none)."""
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", title_style="bold", box=None, pad_edge=False)
@@ -22,13 +23,18 @@ def queue_table(queues: list[QueueDepth], title: str | None = None) -> Table:
     table.add_column("ready", justify="right")
     table.add_column("unacked", justify="right")
     table.add_column("consumers", justify="right")
+    if dead:
+        table.add_column("dead", justify="right")
     for q in queues:
-        table.add_row(
+        row = [
             render.escape(q.name),
             str(q.ready),
             "-" if q.unacked is None else str(q.unacked),
             str(q.consumers) if q.consumers is not None else "-",
-        )
+        ]
+        if dead:
+            row.append("-" if q.dead is None else f"[bold red]{q.dead}[/]" if q.dead else "0")
+        table.add_row(*row)
     return table
 
 

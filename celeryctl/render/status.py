@@ -34,12 +34,13 @@ def print_status(st: Status) -> None:
         out.print(table)
     else:
         out.print("[yellow]no worker answered[/] (start one with: celeryctl worker)")
-    out.print(queue_table(st.queues.queues, title=report_title(st.queues)))
+    out.print(queue_table(st.queues.queues, title=report_title(st.queues), dead=True))
     t = st.totals
     unacked = "?" if t["unacked"] is None else t["unacked"]
     out.print(
         f"[bold]total[/] {t['workers']} worker(s), concurrency {t['concurrency'] if t['concurrency'] is not None else '?'}, "
         f"{t['processed']} processed, {t['active']} active; "
         f"{t['ready']} ready, {unacked} unacked"
+        + (f", [bold red]{t['dead']} dead-lettered[/] (see: celeryctl dead)" if t["dead"] else "")
     )
     warn_missing(st.queues)

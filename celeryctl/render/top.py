@@ -134,12 +134,14 @@ def _queues(view: TopView) -> Panel:
     table.add_column("ready", justify="right")
     table.add_column("unacked", justify="right")
     table.add_column("consumers", justify="right")
+    table.add_column("dead", justify="right")
     for q in view.queues:
         table.add_row(
             render.literal(q.name),
             Text(str(q.ready), style="bold yellow" if q.ready else ""),
             "-" if q.unacked is None else str(q.unacked),
             Text(str(q.consumers), style="bold red" if q.consumers == 0 and q.ready else ""),
+            Text("-" if q.dead is None else str(q.dead), style="bold red" if q.dead else ""),
         )
     parts: list[RenderableType] = [table if view.queues else Text("no queues", style="dim")]
     if view.queues_error:
