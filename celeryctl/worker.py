@@ -130,9 +130,10 @@ def prepare(
     applied = apply_durable_defaults(app) if durable else {}
     worker_steps.install(app, batching=durable, grace=grace)
     queue_list = [validate.queue_name(q.strip(), "-Q") for q in ",".join(queues or []).split(",") if q.strip()]
+    check_app_queues(app)
+    own_queues = bool(app.conf.task_queues)
     pol = queue_policy or QueuePolicy(explicit=False)
     managed = topology.configure_app(app, pol, queue_list)
-    check_app_queues(app)
     require_backend(app)
     argv = ["worker", "--loglevel", level]
     if concurrency is not None:
@@ -164,7 +165,7 @@ def prepare(
         tasks=names,
         applied_defaults=applied,
         beat=beat,
-        queue_type=pol.queue_type if managed else "app",
+        queue_type=pol.queue_type if managed else ("app" if own_queues else "classic"),
         max_deliveries=pol.max_deliveries if managed else None,
         grace=grace,
     )

@@ -39,18 +39,15 @@ def plan_for(app: Celery, settings: Settings) -> QueuePlan:
     """The app configured as ``worker`` configures it (:func:`topology.configure_app`)."""
     pol = topology.policy(settings)
     names = app_queue_names(app)
-    own = bool(app.conf.task_queues)
+    own = bool(app.conf.task_queues) and not topology.managed_queues(app)
     managed = topology.configure_app(app, pol, names)
+    if managed:  # celeryctl's shape: set by settings or by celeryctl.configure(app) in the app
+        return QueuePlan(topology.policy_of(app), managed, [topology.dead_queue(n) for n in managed])
     if own:
-        dead = [
-            str((q.queue_arguments or {}).get("x-dead-letter-routing-key"))
-            for q in app.amqp.queues.values()
-            if (q.queue_arguments or {}).get("x-dead-letter-routing-key")
-        ]
-        return QueuePlan(pol, [], list(dict.fromkeys(dead)), own=True)
-    checked = managed if pol.quorum else names
-    # Dead-letter queues of an earlier quorum setup are counted under classic too.
-    return QueuePlan(pol, checked, [topology.dead_queue(n) for n in checked])
+        return QueuePlan(pol, [], [], own=True)
+    # What the app declares itself (Celery's classic); dead letters of an earlier quorum setup count too.
+    classic = topology.QueuePolicy("classic", pol.max_deliveries, pol.explicit)
+    return QueuePlan(classic, names, [topology.dead_queue(n) for n in names])
 
 
 def check_queue_shape(app: Celery, target: BrokerUrl, settings: Settings) -> dict[str, Check]:
@@ -111,7 +108,8 @@ def queue_types_check(plan: QueuePlan, mismatches: list[topology.Mismatch], seco
             OK,
             seconds,
             f"classic queues ({names}): no delivery limit, a task that kills its worker is redelivered "
-            'forever; quorum queues bound it (queue_type = "quorum")',
+            "forever; quorum queues bound it: celeryctl.configure(app) in the app's module, or "
+            'queue_type = "quorum" when every producer is celeryctl',
             data=data,
         )
     return Check(

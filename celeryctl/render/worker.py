@@ -29,7 +29,13 @@ def banner(plan: WorkerPlan) -> None:
             f"quorum queues, at most {plan.max_deliveries} deliveries, then dead-lettered to QUEUE.dead",
         )
     elif plan.queue_type == "classic":
-        table.add_row("delivery", "classic queues (no delivery limit, no dead-letter queue)")
+        table.add_row(
+            "delivery",
+            "classic queues: no delivery limit, no dead-letter queue "
+            "(celeryctl.configure(app) in the app's module gives quorum queues)",
+        )
+    elif plan.queue_type == "app":
+        table.add_row("delivery", "the app's own queues (task_queues)")
     table.add_row("SIGTERM", f"running tasks get {plan.grace:g} s to finish, then are re-queued")
     table.add_row("concurrency", f"{plan.concurrency} ({escape(plan.pool)})")
     if plan.beat:
