@@ -20,13 +20,16 @@ if TYPE_CHECKING:
     from celery import Celery
 
 
-def _rpc_consumer(app: Celery) -> Any:
-    """The rpc:// backend's reply-queue consumer, when it already listens (``send_many`` started it)."""
+def _rpc_consumer(app: Celery, first_id: str) -> Any:
+    """The rpc:// backend's reply-queue consumer (started on the app's reply queue when it is not yet)."""
     from celery.backends.rpc import RPCBackend
 
     backend = app.backend
     if not isinstance(backend, RPCBackend):
         return None
+    # Every task of the batch replies to the app's one reply queue (declared by send_many before
+    # it published); consuming from it for one id consumes for all, with nothing kept per task.
+    backend.result_consumer.consume_from(first_id)
     consumer = getattr(backend.result_consumer, "_consumer", None)
     return consumer if consumer is not None and hasattr(consumer, "callbacks") else None
 
@@ -108,7 +111,7 @@ def wait_many(
         report(batch.succeeded, batch.failed)
 
     try:
-        consumer = _rpc_consumer(app)
+        consumer = _rpc_consumer(app, batch.ids[0]) if batch.ids else None
         if consumer is not None:
             _drain_rpc(app, consumer, waiting, timeout, on_message, on_interval)
         elif getattr(app.backend, "is_async", False):
