@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celeryctl.broker import close_quietly
-from celeryctl.errors import CeleryctlError, InterruptedError_, TimeoutError_, UnreachableError
+from celeryctl.errors import CeleryctlError, ConfigError, InterruptedError_, TimeoutError_, UnreachableError
 from celeryctl.submit import CONNECT_TIMEOUT, check_arguments, library_errors, publish_error
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class Confirms:
         self.settled: set[int] = set()  # tags settled out of order, still in ``pending``
         self.nacked = 0
         self.nacked_tags: set[int] = set()
+        self.reported = 0  # tags up to here were handed out by ``newly_confirmed``
 
     def _settle(self, tag: int, multiple: bool) -> int:
         n = 0
@@ -104,9 +106,49 @@ class Confirms:
         open_tags = self.unsettled_tags() | self.nacked_tags
         return [t for t in range(1, published + 1) if t not in open_tags]
 
+    def newly_confirmed(self, published: int) -> list[int]:
+        """Tags acknowledged since the last call, up to the first one still open, in order."""
+        front = self.pending[0] - 1 if self.pending else published
+        tags = [t for t in range(self.reported + 1, front + 1) if t not in self.nacked_tags]
+        self.reported = max(self.reported, front)
+        return tags
+
+    def rest_confirmed(self, published: int) -> list[int]:
+        """Acknowledged tags ``newly_confirmed`` has not handed out (acked out of order, at the end)."""
+        return [t for t in self.confirmed_tags(published) if t > self.reported]
+
     @property
     def unconfirmed(self) -> int:
         return len(self.pending) - len(self.settled)
+
+
+class IdsFile:
+    """Confirmed task ids appended to a file (mode 0600), one a line, as the broker confirms them.
+
+    Appended, not rewritten: a re-run after a failure adds to what the first run confirmed, so
+    the file's line count is what is confirmed in all.
+    """
+
+    def __init__(self, path: Path) -> None:
+        from celeryctl.files import open_log
+
+        self.path = Path(path)
+        open_log(self.path, append=True, doing="write the ids file").close()  # checked before anything is sent
+
+    def write(self, ids: Iterable[str]) -> None:
+        from celeryctl.files import open_log
+
+        data = "".join(f"{i}\n" for i in ids).encode()
+        if not data:
+            return
+        try:
+            with open_log(self.path, append=True, doing="write the ids file") as fh:
+                fh.write(data)
+        except OSError as exc:  # disk full, file removed midway: not the broker's fault
+            raise ConfigError(
+                f"cannot write the ids file {self.path}: {exc.strerror or exc}",
+                "check the disk and the path; the broker confirmed the tasks all the same",
+            ) from None
 
 
 # --------------------------------------------------------------------------- publishing
@@ -143,7 +185,12 @@ def _route(
     kwargs: dict[str, Any],
     queue: str | None,
     priority: int | None,
+    delay: float | None = None,
 ) -> _Route:
+    """Where every copy goes; a delay of a second or more on a quorum queue goes through the broker's
+    delay topology, as ``apply_async`` sends it (:mod:`celeryctl.delayed`)."""
+    from celeryctl import delayed
+
     wanted: dict[str, Any] = {}
     if queue:
         wanted["queue"] = queue
@@ -159,6 +206,9 @@ def _route(
     elif exchange is None:
         exchange = q.exchange.name
         routing_key = routing_key or q.routing_key or app.conf.task_default_routing_key
+    native = delayed.route(app, q, delay)
+    if native is not None:
+        exchange, routing_key = native
     delivery_mode = getattr(q.exchange, "delivery_mode", None) or app.conf.task_default_delivery_mode
     return _Route(
         queue=q,
@@ -295,22 +345,35 @@ def send_many(
     queue: str | None = None,
     priority: int | None = None,
     on_published: Callable[[int], None] | None = None,
+    ids_file: Path | None = None,
     window: int = 2000,
     confirm_timeout: float = 30.0,
 ) -> Batch:
     """Publish ``count`` copies of a task; return once the broker confirmed every one of them.
 
     Messages go out without waiting for each confirm; at most ``window`` may be unconfirmed at
-    a time, and the broker's acks are read between publishes.
+    a time, and the broker's acks are read between publishes.  The ids the broker confirmed are
+    appended to ``ids_file`` as the confirms arrive (the rest of them when the run stops).
     """
+    from celeryctl import delayed
+
     check_arguments(app, name, args, kwargs)
-    report = on_published or (lambda _n: None)
+    sink = IdsFile(ids_file) if ids_file is not None else None
     started = time.monotonic()
     task = app.tasks[name]
-    route = _route(app, task, name, args, kwargs, queue, priority)
+    if countdown is not None or eta is not None:
+        countdown, eta = delayed.fit(app, delayed.target(app, name, queue), countdown, eta)
+    route = _route(app, task, name, args, kwargs, queue, priority, delayed.seconds(countdown, eta))
     template = _template(app, task, name, args, kwargs, countdown, eta)
     confirms = Confirms()
     ids: list[str] = []
+
+    def report(n: int) -> None:
+        if sink is not None:
+            sink.write(ids[t - 1] for t in confirms.newly_confirmed(len(ids)))
+        if on_published is not None:
+            on_published(n)
+
     conn = None
     try:
         conn = app.connection_for_write()
@@ -328,10 +391,10 @@ def send_many(
             ids=ids,
         )
     except CeleryctlError as exc:
-        exc.details.update(_progress(confirms, ids, count))
+        exc.details.update(_progress(confirms, ids, count, sink))
         raise
     except library_errors() as exc:
-        progress = _progress(confirms, ids, count)
+        progress = _progress(confirms, ids, count, sink)
         error = publish_error(app, exc)
         error.message = error.message.replace("the task was not confirmed", _confirmed_text(progress))
         error.details.update(progress)
@@ -339,7 +402,7 @@ def send_many(
     except KeyboardInterrupt:
         if conn is not None:
             _settle_before_leaving(conn, confirms, len(ids))
-        progress = _progress(confirms, ids, count)
+        progress = _progress(confirms, ids, count, sink)
         raise InterruptedError_(
             f"stopped publishing {name}: {_confirmed_text(progress)}",
             None,
@@ -352,7 +415,7 @@ def send_many(
         raise UnreachableError(
             f"the broker refused {confirms.nacked} of {count} messages (negative confirms)",
             "the broker may be out of resources; check its log",
-            details=_progress(confirms, ids, count),
+            details=_progress(confirms, ids, count, sink),
         )
     return Batch(ids, name, time.monotonic() - started)
 
@@ -372,20 +435,33 @@ def _settle_before_leaving(conn: Any, confirms: Confirms, published: int, second
         pass
 
 
-def _progress(confirms: Confirms, ids: list[str], count: int) -> dict[str, Any]:
-    """How far a run got: published, confirmed by the broker (with their ids), not confirmed."""
+def _progress(confirms: Confirms, ids: list[str], count: int, sink: IdsFile | None = None) -> dict[str, Any]:
+    """How far a run got: published, confirmed by the broker (with their ids), not confirmed.
+
+    The confirmed ids not yet in ``sink`` are written there now; a file that cannot take them is
+    said in ``ids_file_error`` (the broker's failure stays the one reported).
+    """
     tags = confirms.confirmed_tags(len(ids))
-    return {
+    progress: dict[str, Any] = {
         "requested": count,
         "published": len(ids),
         "confirmed": len(tags),
         "unconfirmed": len(ids) - len(tags),
         "ids": [ids[t - 1] for t in tags],
     }
+    if sink is not None:
+        progress["ids_file"] = str(sink.path)
+        try:
+            sink.write(ids[t - 1] for t in confirms.rest_confirmed(len(ids)))
+        except CeleryctlError as exc:
+            progress["ids_file_error"] = exc.message
+    return progress
 
 
 def _confirmed_text(progress: dict[str, Any]) -> str:
     text = f"the broker confirmed {progress['confirmed']} of the {progress['requested']} tasks"
     if progress["unconfirmed"]:
         text += f" ({progress['unconfirmed']} more published, not confirmed: they may or may not be queued)"
+    if progress.get("ids_file") and not progress.get("ids_file_error"):
+        return text + f" (their ids are in {progress['ids_file']})"
     return text + " (--json lists their ids)"

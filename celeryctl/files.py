@@ -134,17 +134,19 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def open_log(path: Path) -> BinaryIO:
-    """Open ``path`` for writing (truncated), mode 0600, refusing a symbolic link; the caller closes it."""
+def open_log(path: Path, *, append: bool = False, doing: str = "write the log") -> BinaryIO:
+    """Open ``path`` for writing (truncated, or appended to with ``append``), mode 0600, refusing a
+    symbolic link; the caller closes it.  ``doing`` names the act in errors ("cannot write the log ...")."""
     path = Path(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    start = os.O_APPEND if append else os.O_TRUNC
+    flags = os.O_WRONLY | os.O_CREAT | start | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags, PRIVATE_FILE)
     except OSError as exc:
-        raise _os_error(path, exc, "write the log") from None
+        raise _os_error(path, exc, doing) from None
     try:
         os.fchmod(fd, PRIVATE_FILE)  # an existing log keeps its old mode otherwise
     except OSError as exc:
         os.close(fd)
-        raise _os_error(path, exc, "write the log") from None
+        raise _os_error(path, exc, doing) from None
     return os.fdopen(fd, "wb")

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celeryctl.broker import START_HINT, ensure_reachable, mask_url, queue_depths
@@ -232,22 +233,37 @@ def send(
     eta: datetime | None = None,
     queue: str | None = None,
     priority: int | None = None,
+    ids_file: Path | None = None,
 ) -> Any:
-    """Publish one task and return its ``AsyncResult`` once the broker confirmed it."""
-    options: dict[str, Any] = {"retry": False}
-    if countdown is not None:
-        options["countdown"] = countdown
-    if eta is not None:
-        options["eta"] = eta
-    if queue:
-        options["queue"] = queue
-    if priority is not None:
-        options["priority"] = priority
+    """Publish one task and return its ``AsyncResult`` once the broker confirmed it.
+
+    Its id is appended to ``ids_file`` once confirmed.  A broker lost before the confirm is exit 6
+    with ``confirmed: 0`` and the id in the details (the message may or may not be queued).
+    """
+    from celery.utils import uuid
+
     check_arguments(app, name, args, kwargs)
+    task_id = uuid()
+    options: dict[str, Any] = {"retry": False, "task_id": task_id}
+    if countdown is not None or eta is not None:
+        from celeryctl import delayed
+
+        countdown, eta = delayed.fit(app, delayed.target(app, name, queue), countdown, eta)
+    for key, value in (("countdown", countdown), ("eta", eta), ("queue", queue), ("priority", priority)):
+        if value is not None and value != "":
+            options[key] = value
+    from celeryctl.bulk import IdsFile
+
+    sink = IdsFile(ids_file) if ids_file is not None else None
     try:
-        return app.tasks[name].apply_async(args=args, kwargs=kwargs, **options)
+        result = app.tasks[name].apply_async(args=args, kwargs=kwargs, **options)
     except library_errors() as exc:
-        raise publish_error(app, exc) from exc
+        error = publish_error(app, exc)
+        error.details.update(requested=1, published=1, confirmed=0, unconfirmed=1, ids=[], task_id=task_id)
+        raise error from exc
+    if sink is not None:
+        sink.write([task_id])
+    return result
 
 
 def consumers(app: Celery, name: str, queue: str | None = None) -> tuple[str, int | None]:
@@ -401,8 +417,10 @@ def wait(
         raise stopped_waiting(task_id, name, last["state"]) from None
     except library_errors() as exc:
         raise UnreachableError(
-            f"lost the broker while waiting for task {task_id}: {type(exc).__name__}: {exc}",
+            f"lost the broker while waiting for task {task_id}: {type(exc).__name__}: {exc} "
+            "(the broker had confirmed the task)",
             "the task may still run; check the broker: celeryctl broker status",
+            details={"requested": 1, "published": 1, "confirmed": 1, "unconfirmed": 0, "ids": [task_id]},
         ) from exc
     state = str(result.state)
     if not seen or seen[-1] != state:

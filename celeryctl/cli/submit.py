@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -117,6 +118,17 @@ def submit(
             help="Submit this many copies (progress bars for publishing and, with --wait, completion)."
         ),
     ] = 1,
+    ids_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ids-file",
+            metavar="PATH",
+            help="Append the id of every task the broker confirmed to PATH (one a line, mode 0600), as the "
+            "confirms arrive: after a failure, PATH holds what was submitted.",
+            show_default=False,
+            dir_okay=False,
+        ),
+    ] = None,
     app_spec: AppOpt = None,
     broker: BrokerOpt = None,
     backend: BackendOpt = None,
@@ -131,7 +143,8 @@ def submit(
     With --wait the task's state (PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE), a
     progress bar (when the task reports current/total) and the elapsed time show on stderr;
     the result is printed on stdout as JSON.  A failed task exits 1, --timeout exits 8,
-    Ctrl-C stops waiting (exit 130) and leaves the task running.
+    Ctrl-C stops waiting (exit 130) and leaves the task running.  A broker lost midway exits 6
+    saying how many tasks the broker confirmed; --ids-file keeps their ids.
     """
     from celeryctl import submit as core
 
@@ -154,7 +167,19 @@ def submit(
     app, name = core.open_client(
         settings, task, wait=wait, args=task_args, kwargs=task_kwargs, queue=queue, priority=priority
     )
-    options: dict[str, Any] = {"countdown": countdown, "eta": eta_time, "queue": queue, "priority": priority}
+    options: dict[str, Any] = {
+        "countdown": countdown,
+        "eta": eta_time,
+        "queue": queue,
+        "priority": priority,
+        "ids_file": ids_file,
+    }
+    if countdown is not None or eta_time is not None:
+        from celeryctl import delayed
+
+        note = delayed.prepare(app, name, queue)
+        if note is not None:
+            render.warn(note)
 
     if count > 1:
         _submit_many(app, name, task_args, task_kwargs, count, options, wait=wait, timeout=timeout, json_=json_)
