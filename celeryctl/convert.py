@@ -5,13 +5,10 @@ RabbitMQ refuses to redeclare a queue with other arguments, so a queue is conver
 its messages out to a holding queue (``QUEUE.converting``, durable classic), deleting it,
 declaring it again as :mod:`celeryctl.topology` says (with its dead-letter queue for quorum),
 and moving the messages back.  Every move publishes a copy (properties and headers kept,
-persistent) and acknowledges the original only once the broker confirmed the copy: a failure at
-any point leaves each message in the queue, in the holding queue, or in both (at least once,
-never none).  A run that was interrupted leaves the holding queue behind; the next run finds it
-and continues from it.
-
-The queue must have no consumers (a worker consuming it would race the move and lose its
-subscription).  Returns data and raises :mod:`celeryctl.errors`; nothing prints.
+persistent) and acknowledges the original only once the broker confirmed the copy: each message
+is in the queue, the holding queue, or both, whatever stops the run; the next run continues from
+the holding queue.  The queue must have no consumers (a worker would race the move).  Returns
+data and raises :mod:`celeryctl.errors`; nothing prints.
 """
 
 from __future__ import annotations
@@ -39,10 +36,8 @@ if TYPE_CHECKING:
     from celeryctl.broker import BrokerUrl, QueueDepth
 
 HOLDING_SUFFIX = ".converting"
-#: Copies published and not yet confirmed by the broker, at most.
-WINDOW = 1000
-#: Confirms are read, and progress reported, every this many messages.
-REPORT_EVERY = 256
+WINDOW = 1000  # copies published and not yet confirmed, at most
+REPORT_EVERY = 256  # confirms read and progress reported every this many messages
 #: How long the broker may take to confirm what is in flight.
 CONFIRM_TIMEOUT = 30.0
 #: How long a quorum queue may take to apply the acks of a move.

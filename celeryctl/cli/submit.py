@@ -193,16 +193,16 @@ def submit(
         else:
             render.out.print(task_id)
         return
-    qname, count_consumers = core.consumers(app, name, queue)
-    if count_consumers == 0:
-        render.warn(
-            f"no worker consumes queue '{qname}' yet: the task waits there until one starts "
-            f"(celeryctl worker -Q {qname}); Ctrl-C stops waiting and leaves it queued"
-        )
     try:
+        qname, count_consumers = core.consumers(app, name, queue)
+        if count_consumers == 0:
+            render.warn(
+                f"no worker consumes queue '{qname}' yet: the task waits there until one starts "
+                f"(celeryctl worker -Q {qname}); Ctrl-C stops waiting and leaves it queued"
+            )
         with live_state(name, task_id, quiet=json_) as on_event:
             outcome = core.wait(app, result, name=name, timeout=timeout, on_event=on_event)
-    except KeyboardInterrupt:  # landed outside core.wait (the display closing): the same outcome
+    except KeyboardInterrupt:  # landed outside core.wait (counting consumers, the display): the same outcome
         raise core.stopped_waiting(task_id, name) from None
     if not outcome.ok:
         raise core.failure_error(outcome, verbose=verbose)

@@ -16,7 +16,9 @@ import celeryctl
 app = Celery("faultapp")
 # The app's own queues are celeryctl's quorum queues (delivery limit 5, dead letters in
 # QUEUE.dead), for every producer and worker that imports it: README "Reliability".
-celeryctl.configure(app)
+# FAULT_PLAIN=1: a plain Celery app, as before celeryctl.configure (classic queues).
+if os.environ.get("FAULT_PLAIN") != "1":
+    celeryctl.configure(app)
 
 
 def _record(task_id: str | None) -> None:

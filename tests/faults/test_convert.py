@@ -73,7 +73,8 @@ def test_classic_queue_becomes_quorum_with_every_task(
 ) -> None:
     url = vhost.url
     app = ["-A", FAULT_APP, "-b", url]
-    sent = cli("submit", "record", "--count", str(N), "--queue-type", "classic", "--json", *app, cwd=ROOT)
+    plain = {"FAULT_PLAIN": "1"}  # the app without celeryctl.configure: Celery's classic queue
+    sent = cli("submit", "record", "--count", str(N), "--json", *app, cwd=ROOT, env=plain)
     assert sent.returncode == 0, sent.output
     ids = sent.json()["ids"]
     assert len(set(ids)) == N
