@@ -203,8 +203,8 @@ def _round_up_short_delays() -> None:
     """
     import celery.app.base as base
 
-    original = base.calculate_routing_key
-    if getattr(original, "celeryctl_rounds_up", False):
+    original = getattr(base, "calculate_routing_key", None)
+    if original is None or getattr(original, "celeryctl_rounds_up", False):
         return
 
     def calculate_routing_key(countdown: int, routing_key: str) -> str:

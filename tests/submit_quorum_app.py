@@ -11,7 +11,10 @@ import time
 
 from celery import Celery
 
+import celeryctl
+
 app = Celery("submit_quorum_app")
+celeryctl.configure(app)  # quorum queues for every producer and worker of this app
 
 
 @app.task(bind=True)
