@@ -121,3 +121,24 @@ def _declared(conn: Any) -> bool:
             if channel.is_open:
                 channel.close()
     return True
+
+
+def round_up_short_delays() -> None:
+    """Countdowns under a second go through native delayed delivery as one second, in Celery's own
+    ``apply_async`` too (a task's ``retry(countdown=0.5)`` in the worker), as :func:`fit` does for submit.
+
+    Celery computes the delay's routing key from ``int(countdown)`` and raises
+    ``ValueError: countdown must be a positive number`` for 0 < countdown < 1 (a ``retry`` with
+    ``countdown=0.5`` fails in the worker; ``submit --eta`` a moment away fails).
+    """
+    import celery.app.base as base
+
+    original = getattr(base, "calculate_routing_key", None)
+    if original is None or getattr(original, "celeryctl_rounds_up", False):
+        return
+
+    def calculate_routing_key(countdown: int, routing_key: str) -> str:
+        return str(original(max(1, int(countdown)), routing_key))
+
+    calculate_routing_key.celeryctl_rounds_up = True  # type: ignore[attr-defined]
+    base.calculate_routing_key = calculate_routing_key

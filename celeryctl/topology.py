@@ -1,7 +1,7 @@
 """The queues celeryctl declares for an app: their type, delivery limit and dead-letter queue.
 
 One home for the shape of a task queue.  ``worker``, ``submit``, ``doctor``, ``dead`` and
-``queues convert`` take the queue arguments, the dead-letter queue's name and the exchange from
+``convert-queue`` take the queue arguments, the dead-letter queue's name and the exchange from
 here, so that every client declares a queue the same way (RabbitMQ refuses a redeclaration with
 other arguments).
 
@@ -91,7 +91,7 @@ def check_queue_type(value: str, what: str = "--queue-type") -> str:
     """``quorum`` or ``classic`` (any case); anything else is a usage error naming ``what``."""
     text = str(value).strip().lower()
     if text not in QUEUE_TYPES:
-        raise UsageError(f"{what} must be quorum or classic, got {value!r}", "quorum (default) or classic")
+        raise UsageError(f"{what} must be quorum or classic, got {value!r}", "for example --queue-type classic (README: Reliability)")
     return text
 
 
@@ -190,28 +190,10 @@ def _apply(app: Celery, pol: QueuePolicy, names: Iterable[str]) -> list[str]:
     conf[POLICY_KEY] = pol
     queues = app.amqp.queues
     queues.new_missing = lambda name: kombu_queue(name, pol)  # a route to a queue not listed
-    _round_up_short_delays()
+    from celeryctl import delayed
+
+    delayed.round_up_short_delays()
     return wanted
-
-
-def _round_up_short_delays() -> None:
-    """Countdowns under a second go through native delayed delivery as one second.
-
-    Celery computes the delay's routing key from ``int(countdown)`` and raises
-    ``ValueError: countdown must be a positive number`` for 0 < countdown < 1 (a ``retry`` with
-    ``countdown=0.5`` fails in the worker; ``submit --eta`` a moment away fails).
-    """
-    import celery.app.base as base
-
-    original = getattr(base, "calculate_routing_key", None)
-    if original is None or getattr(original, "celeryctl_rounds_up", False):
-        return
-
-    def calculate_routing_key(countdown: int, routing_key: str) -> str:
-        return str(original(max(1, int(countdown)), routing_key))
-
-    calculate_routing_key.celeryctl_rounds_up = True  # type: ignore[attr-defined]
-    base.calculate_routing_key = calculate_routing_key
 
 
 def policy_of(app: Celery) -> QueuePolicy:
@@ -351,13 +333,13 @@ def _declare_one(conn: Any, name: str, pol: QueuePolicy, *, create: bool) -> Mis
                 if exc.reply_code == 404:
                     return None
                 raise
-        if pol.quorum:
+        if pol.quorum and create:
             channel.exchange_declare(EXCHANGE, "topic", durable=True)
             channel.queue_declare(dead_queue(name), durable=True)
-            channel.queue_declare(name, durable=True, arguments=pol.arguments(name))
+        # The queue exists (or is to be created): redeclaring it with the same arguments changes nothing.
+        channel.queue_declare(name, durable=True, arguments=pol.arguments(name))
+        if pol.quorum and create:
             channel.queue_bind(name, EXCHANGE, routing_key=name)
-        else:
-            channel.queue_declare(name, durable=True)
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code == 406:
             found = parse_mismatch(str(exc.reply_text))

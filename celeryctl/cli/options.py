@@ -190,8 +190,9 @@ QueueTypeOpt = Annotated[
         "--queue-type",
         parser=_parser(_queue_type),
         metavar="TYPE",
-        help="quorum (delivery limit, dead letters; the default) or classic, for the queues celeryctl "
-        "declares (env CELERYCTL_QUEUE_TYPE).",
+        help="quorum (delivery limit, dead letters) or classic, for the queues celeryctl declares (env "
+        "CELERYCTL_QUEUE_TYPE; default quorum for the demo app and apps calling celeryctl.configure(app), "
+        "what the app declares for others).",
         show_default=False,
     ),
 ]
