@@ -201,3 +201,11 @@ class QueueBusyError(CeleryctlError):
 
     exit_code = ExitCode.FAILED
     code = "queue_in_use"
+
+
+class ApiError(CeleryctlError):
+    """The management HTTP API answered with an error celeryctl has no better class for (exit 1);
+    ``details`` hold the method, path and HTTP status."""
+
+    exit_code = ExitCode.FAILED
+    code = "api_error"

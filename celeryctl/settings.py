@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from celeryctl.broker import BrokerUrl, mask_url, url_password
-from celeryctl.errors import ConfigError
+from celeryctl.broker import BrokerUrl, ManagementUrl, mask_url, url_password
+from celeryctl.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from celeryctl.rabbitmq.node import Node
@@ -53,6 +53,12 @@ KEYS: dict[str, Key] = {
     k.name: k
     for k in (
         Key("broker_url", "CELERYCTL_BROKER_URL", "--broker", "AMQP URL of the broker"),
+        Key(
+            "management_url",
+            "CELERYCTL_MANAGEMENT_URL",
+            "--api",
+            "the broker's management HTTP API, http(s)://[USER[:PASSWORD]@]HOST:15672/",
+        ),
         Key("result_backend", "CELERYCTL_RESULT_BACKEND", "--backend", "Celery result backend URL"),
         Key("app", "CELERYCTL_APP", "-A/--app", "Celery app, MODULE[:ATTRIBUTE]"),
         Key("data_dir", "CELERYCTL_DATA_DIR", "--data-dir", "where celeryctl keeps its node", Path),
@@ -100,6 +106,7 @@ def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
 @dataclass
 class Settings:
     broker_url: str | None = None
+    management_url: str | None = None
     result_backend: str = DEFAULT_BACKEND
     app: str | None = None
     data_dir: Path = field(default_factory=default_data_dir)
@@ -147,6 +154,9 @@ class Settings:
         broker = self.broker
         return {
             "broker_url": broker if reveal else mask_url(broker),
+            "management_url": (
+                (self.management_url if reveal else mask_url(self.management_url)) if self.management_url else None
+            ),
             "result_backend": self.result_backend if reveal else mask_url(self.result_backend),
             "app": self.app,
             "data_dir": str(self.data_dir),
@@ -221,7 +231,7 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], list[str]]:
             )
         values[key] = value
     warnings: list[str] = []
-    holds_secret = any(url_password(v) for k, v in values.items() if k in ("broker_url", "result_backend"))
+    holds_secret = any(url_password(v) for k, v in values.items() if k in ("broker_url", "management_url", "result_backend"))
     try:
         mode = path.stat().st_mode
     except OSError:
@@ -268,9 +278,22 @@ def load_settings(
         settings.sources[name] = source
     if settings.broker_url is not None:
         BrokerUrl.parse(settings.broker_url, settings.sources["broker_url"])  # ConfigError when it is not AMQP
+    if settings.management_url is not None:
+        _check_management_url(settings.management_url, settings.sources["management_url"])
     if settings.node is not None:
         _check_node(settings.node, settings.sources["node"])
     return settings
+
+
+def _check_management_url(value: str, source: str) -> None:
+    """It parses as an http(s) URL (exit 3); given as a flag, it carries no password (exit 2)."""
+    url = ManagementUrl.parse(value, source)
+    if url.password is not None and source.startswith("flag"):
+        raise UsageError(
+            "--api: the URL holds a password, and a command line is readable by every user of this machine",
+            "give the user only (--api http://admin@HOST:15672/) and pipe the password with --api-password-stdin, "
+            "or put the whole URL in CELERYCTL_MANAGEMENT_URL or the settings file (mode 0600)",
+        )
 
 
 def _check_node(node: str, source: str) -> None:

@@ -71,6 +71,12 @@ class RabbitNode:
     def runner(self) -> Runner:
         return self.node.runner(self.info)
 
+    @property
+    def management_url(self) -> str:
+        """``http://127.0.0.1:PORT/`` (only on the ``mgmt_rabbit`` node)."""
+        assert self.info.management_url, "this node runs without the management plugin: use mgmt_rabbit"
+        return self.info.management_url
+
     @cached_property
     def version(self) -> str:
         """The RabbitMQ version the running node reports (asked through rabbitmq-diagnostics)."""
@@ -85,6 +91,21 @@ def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
     node = Node(data_dir / "node")
     port = pick_free_port([], set())
     info, _ = node.start(port)
+    try:
+        yield RabbitNode(node, info, data_dir)
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def mgmt_rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
+    """A second private node, with the management plugin (its HTTP API on a free port), shared
+    by the tests of the API path.  guest (administrator, loopback) is its admin."""
+    _ensure_rabbitmq_installed()
+    data_dir = tmp_path_factory.mktemp("celeryctl-mgmt-data")
+    node = Node(data_dir / "node")
+    port = pick_free_port([], set())
+    info, _ = node.start(port, management=True)
     try:
         yield RabbitNode(node, info, data_dir)
     finally:

@@ -9,7 +9,7 @@ import math
 import re
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
@@ -335,3 +335,61 @@ def first_url(value: Any) -> str | None:
     if not isinstance(value, str) or not value:
         return None
     return value.split(";", 1)[0].strip()
+
+
+# --------------------------------------------------------------------------- the management API's URL
+
+
+@dataclass(frozen=True)
+class ManagementUrl:
+    """The HTTP management API of a broker: ``http(s)://[user[:password]@]host[:port][/prefix/]``.
+
+    ``base`` ends with ``/`` and carries no credentials (``base + "api/overview"``); a URL
+    without a port gets RabbitMQ's 15672 (https too: give the port a TLS listener uses).
+    """
+
+    base: str
+    host: str
+    port: int
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def masked(self) -> str:
+        user = f"{quote(self.user, safe='')}{':****' if self.password is not None else ''}@" if self.user else ""
+        scheme, rest = self.base.split("://", 1)
+        return f"{scheme}://{user}{rest}"
+
+    @classmethod
+    def parse(cls, value: str, source: str = "") -> ManagementUrl:
+        where = f"{source}: " if source else ""
+        text = value.strip()
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError(f"{where}{mask_url(text)!r} is not a URL ({exc})", MANAGEMENT_URL_HINT) from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"{where}{mask_url(text)!r} is not an http(s) URL of the management API", MANAGEMENT_URL_HINT
+            )
+        problem = host_problem(parts.hostname)
+        if problem:
+            raise ConfigError(f"{where}{problem}", MANAGEMENT_URL_HINT)
+        if parts.query or parts.fragment:
+            raise ConfigError(f"{where}the management URL takes no query or fragment", MANAGEMENT_URL_HINT)
+        path = parts.path.rstrip("/")
+        if path.endswith("/api"):  # the API's own address given: the base is one level up
+            path = path[: -len("/api")]
+        host = parts.hostname
+        shown = f"[{host}]" if ":" in host else host
+        port = port or MANAGEMENT_PORT
+        user = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password is not None else None
+        return cls(f"{parts.scheme}://{shown}:{port}{path}/", host, port, user, password)
+
+
+MANAGEMENT_URL_HINT = (
+    "give the management API's address, e.g. --api http://rabbit.example.com:15672/ "
+    "(env CELERYCTL_MANAGEMENT_URL; celeryctl broker start --management prints its own)"
+)

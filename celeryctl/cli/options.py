@@ -149,6 +149,17 @@ BrokerOpt = Annotated[
         show_default=False,
     ),
 ]
+ApiOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api",
+        metavar="URL",
+        help="The broker's management HTTP API, http(s)://[USER@]HOST:15672/ (env CELERYCTL_MANAGEMENT_URL, "
+        "which may hold the password; default celeryctl's node when it runs the management plugin). "
+        "The login is the URL's user, else the broker URL's.",
+        show_default=False,
+    ),
+]
 BackendOpt = Annotated[
     str | None,
     typer.Option(
