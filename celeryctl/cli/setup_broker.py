@@ -115,8 +115,7 @@ def setup_broker(
         bool,
         typer.Option(
             "--api-password-stdin",
-            help="Read the management API admin's password from stdin (one line), when the management URL "
-            "holds none.",
+            help="Read the management API admin's password from stdin (one line), when the management URL holds none.",
         ),
     ] = False,
     data_dir: DataDirOpt = None,
