@@ -9,6 +9,10 @@ with every change) and the AMQP login.  The core function (``celeryctl.rabbitmq.
 is called directly, so the figures are the provisioning work without the CLI's Python start-up
 (shown separately for the CLI).
 
+The node runs the management plugin, so the same re-run is also measured through the management
+HTTP API (``setup-broker --api``: three GETs, no Erlang VM booted) against the rabbitmqctl path
+on the same node, in the same rounds.
+
     python3 benchmarks/bench_setup_broker.py [--rounds N]
 """
 
@@ -39,10 +43,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-setup-broker-") as tmp:
         data_dir = Path(tmp)
         node = Node(data_dir / "node")
-        info, _ = node.start(pick_free_port([], set()))
+        info, _ = node.start(pick_free_port([], set()), management=True)
         try:
             runner = node.runner(info)
             settings = load_settings(env={"CELERYCTL_DATA_DIR": str(data_dir)}, cwd=data_dir)
+            assert info.management_url
+            api_url = info.management_url.replace("http://", "http://guest:guest@")
+            api_env = {"CELERYCTL_DATA_DIR": str(data_dir), "CELERYCTL_MANAGEMENT_URL": api_url}
+            api_settings = load_settings(env=api_env, cwd=data_dir)
             tag = uuid.uuid4().hex[:6]
 
             def anchor_one(_i: int) -> None:
@@ -73,13 +81,25 @@ def main() -> int:
                 result = provision.setup(fixed, settings)
                 assert not result.changed and result.verification and result.verification.ok
 
-            def cli_rerun(_i: int) -> None:
+            def api_rerun(_i: int) -> None:
+                result = provision.setup(fixed, api_settings)
+                assert not result.changed and result.verification and result.verification.ok
+                assert result.via == "api"
+
+            def cli_run(extra_env: dict[str, str]) -> None:
                 subprocess.run(
                     [sys.executable, "-m", "celeryctl", "setup-broker", "--user", fixed.user, "--vhost", fixed.vhost,
                      "--password-env", "BENCH_PW", "--no-save", "--json"],
-                    env={**os.environ, "CELERYCTL_DATA_DIR": str(data_dir), "BENCH_PW": fixed.password or ""},
+                    env={**os.environ, "CELERYCTL_DATA_DIR": str(data_dir), "BENCH_PW": fixed.password or "",
+                         **extra_env},
                     capture_output=True, check=True, cwd=tmp,
                 )  # fmt: skip
+
+            def cli_rerun(_i: int) -> None:
+                cli_run({})
+
+            def cli_api_rerun(_i: int) -> None:
+                cli_run(api_env)
 
             runner.run("list_users")  # warm the disk cache
             # Interleaved rounds: anchors and goals see the same machine load.
@@ -90,6 +110,8 @@ def main() -> int:
                 "fresh": fresh,
                 "fresh_default": fresh_default,
                 "cli": cli_rerun,
+                "api_rerun": api_rerun,
+                "cli_api": cli_api_rerun,
             }
             times: dict[str, list[float]] = {k: [] for k in cases}
             for i in range(rounds):
@@ -97,10 +119,19 @@ def main() -> int:
                     started = time.perf_counter()
                     fn(i)
                     times[name].append(time.perf_counter() - started)
-            one, tutorial, no_change, setup_fresh, setup_default, cli = (statistics.median(times[k]) for k in cases)
+            medians = {k: statistics.median(v) for k, v in times.items()}
         finally:
             node.stop()
 
+    report(medians, rounds)
+    return 0
+
+
+def report(m: dict[str, float], rounds: int) -> None:
+    """Print the medians, each goal with its anchor measured in the same run."""
+    one, tutorial, no_change, setup_fresh, setup_default, cli, api_no_change, cli_api = (
+        m[k] for k in ("one", "tutorial", "rerun", "fresh", "fresh_default", "cli", "api_rerun", "cli_api")
+    )
     print(f"anchor: one rabbitmqctl list_users          {one:6.3f} s")
     print(f"anchor: tutorial's 4 sequential calls        {tutorial:6.3f} s")
     print(
@@ -113,9 +144,15 @@ def main() -> int:
         f"  same, default request (no tags)            {setup_default:6.3f} s  = {setup_default / tutorial:.2f} x tutorial"
     )
     print(f"(CLI 'celeryctl setup-broker' re-run, whole process: {cli:.3f} s = {cli / one:.2f} x list_users)")
+    print(
+        f"setup-broker --api re-run, nothing to change {api_no_change:6.3f} s  vs rabbitmqctl path {no_change:.3f} s"
+        f" = {no_change / api_no_change:.1f} x faster (goal: several times)"
+    )
+    print(
+        f"(CLI re-run, whole process: --api {cli_api:.3f} s vs rabbitmqctl {cli:.3f} s = {cli / cli_api:.1f} x faster)"
+    )
     print(f"median of {rounds} rounds; core function provision.setup() called directly; {os.cpu_count()} CPUs")
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    return 0
 
 
 if __name__ == "__main__":

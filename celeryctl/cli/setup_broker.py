@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from celeryctl import render
-from celeryctl.cli.options import ConfigOpt, DataDirOpt, JsonOpt, port_parser, resolve
-from celeryctl.errors import CeleryctlError, NotConfirmedError
+from celeryctl.cli.options import ApiOpt, ConfigOpt, DataDirOpt, JsonOpt, port_parser, resolve
+from celeryctl.errors import CeleryctlError, NotConfirmedError, UsageError
 from celeryctl.rabbitmq import DEFAULT_PERMISSION, DEFAULT_USER, DEFAULT_VHOST
 from celeryctl.render import setup_broker as view
 
@@ -78,7 +78,8 @@ def setup_broker(
         typer.Option(
             "--host",
             metavar="HOST",
-            help="Host in the broker URL; it must resolve (default 127.0.0.1 for celeryctl's node, else localhost)",
+            help="Host in the broker URL; it must resolve (default: the management API's host with --api, "
+            "127.0.0.1 for celeryctl's node, else localhost)",
             show_default=False,
         ),
     ] = None,
@@ -88,7 +89,8 @@ def setup_broker(
             "--port",
             metavar="PORT",
             parser=port_parser(),
-            help="AMQP port in the broker URL (default celeryctl's node's port, else 5672)",
+            help="AMQP port in the broker URL (default: the AMQP listener the management API reports with --api, "
+            "celeryctl's node's port, else 5672)",
             show_default=False,
         ),
     ] = None,
@@ -108,6 +110,14 @@ def setup_broker(
         bool, typer.Option("--delete", help="Delete the user and the vhost (with its queues) instead.")
     ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before --delete.")] = False,
+    api: ApiOpt = None,
+    api_password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--api-password-stdin",
+            help="Read the management API admin's password from stdin (one line), when the management URL holds none.",
+        ),
+    ] = False,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
@@ -119,14 +129,27 @@ def setup_broker(
     AMQP as the user to verify the permissions, and saves the broker URL to celeryctl.toml.
     A second identical run changes nothing. Default: user celery, vhost celery, permissions
     '.*' '.*' '.*' on that vhost only.
+
+    With a management URL (--api URL, env CELERYCTL_MANAGEMENT_URL, or management_url in the
+    settings file) the same plan is read and written through RabbitMQ's management HTTP API
+    instead of rabbitmqctl: for a broker on another host, in a container or a managed service.
+    Its admin must have the administrator tag; the login is the management URL's user and
+    password, else --api-password-stdin, else the broker URL's. Users are written with a salted
+    hash computed here, never the password. Without a management URL, rabbitmqctl is used.
     """
     from celeryctl.rabbitmq import provision
     from celeryctl.rabbitmq.plan import Request
 
-    settings = resolve(config, node=node, data_dir=data_dir)
+    if password_stdin and api_password_stdin:
+        raise UsageError(
+            "--password-stdin and --api-password-stdin both read stdin: give one of them another way",
+            "pass the new user's password with --password-env VAR, or the admin's in CELERYCTL_MANAGEMENT_URL",
+        )
+    settings = resolve(config, node=node, data_dir=data_dir, management_url=api)
     quiet = json_
+    api_password = _read_api_password() if api_password_stdin else None
     if delete:
-        _delete(user, vhost, settings, node, dry_run=dry_run, yes=yes, json_=json_)
+        _delete(user, vhost, settings, node, api_password, dry_run=dry_run, yes=yes, json_=json_)
         return
     if password is not None:  # on stderr even with --json: it is about the command line just typed
         render.warn("--password is visible to other users of this machine (ps); prefer --password-stdin")
@@ -158,6 +181,7 @@ def setup_broker(
                 port=port,
                 dry_run=dry_run,
                 save_to=save_to,
+                api_password=api_password,
                 on_progress=update,
                 on_unsaved=unsaved.append,
             )
@@ -176,16 +200,35 @@ def setup_broker(
         view.show_result(result, show_password)
 
 
-def _read_stdin() -> str:
+def _read_stdin(prompt: str = "Password: ") -> str:
     if sys.stdin.isatty():  # typed by hand: do not echo it
         import getpass
 
-        return getpass.getpass("Password: ", stream=sys.stderr)
+        return getpass.getpass(prompt, stream=sys.stderr)
     return sys.stdin.read()
 
 
+def _read_api_password() -> str:
+    """The admin's password, one line on stdin."""
+    lines = [x for x in _read_stdin("Management API password: ").splitlines() if x]
+    if len(lines) != 1:
+        raise UsageError(
+            f"--api-password-stdin: stdin holds {'no line' if not lines else 'more than one line'}",
+            "pipe exactly one line: the management API admin's password",
+        )
+    return lines[0]
+
+
 def _delete(
-    user: str, vhost: str, settings: Settings, node: str | None, *, dry_run: bool, yes: bool, json_: bool
+    user: str,
+    vhost: str,
+    settings: Settings,
+    node: str | None,
+    api_password: str | None,
+    *,
+    dry_run: bool,
+    yes: bool,
+    json_: bool,
 ) -> None:
     from celeryctl.rabbitmq import provision
 
@@ -201,7 +244,14 @@ def _delete(
         # No spinner while a confirmation prompt may be on the terminal.
         with render.spinner("reading RabbitMQ", quiet=json_ or not yes) as update:
             result = provision.delete(
-                user, vhost, settings, confirm=confirm, node=node, dry_run=dry_run, on_progress=update
+                user,
+                vhost,
+                settings,
+                confirm=confirm,
+                node=node,
+                dry_run=dry_run,
+                api_password=api_password,
+                on_progress=update,
             )
     except NotConfirmedError:
         raise  # nothing was tried: no report of what was applied

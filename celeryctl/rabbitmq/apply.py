@@ -1,4 +1,4 @@
-"""Applying a plan through rabbitmqctl, reading the node back after a failure, verifying by AMQP login.
+"""Applying a plan (rabbitmqctl or the management API), reading the node back after a failure, verifying by AMQP login.
 
 Every change of a node read through ``export_definitions`` is written in ONE ``rabbitmqctl
 import_definitions`` call (each call boots an Erlang VM, ~0.45 CPU-seconds).  The node applies
@@ -8,7 +8,8 @@ nothing the document does not name, and does not roll back: a failure midway lea
 categories applied, so on a failure the node is read again and every item reports whether it was
 applied.  Per-command writes (nodes read through ``list_*``) run in two waves, the independent
 ones of a wave at the same time, the password on stdin.  Deletions use ``delete_user`` /
-``delete_vhost``.
+``delete_vhost``.  Through the management API each step is one request, sent in order (user and
+vhost, then the permissions): a few milliseconds each, no process started.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from celeryctl.errors import CeleryctlError, InternalError
 from celeryctl.rabbitmq.definitions import State, password_matches, read_state
-from celeryctl.rabbitmq.plan import UNCHANGED, Item, Plan, Request, Step, expected_access
+from celeryctl.rabbitmq.plan import DELETE, UNCHANGED, Item, Plan, Request, Step, expected_access
 
 if TYPE_CHECKING:
-    from celeryctl.rabbitmq.ctl import Runner
+    from celeryctl.rabbitmq.definitions import Backend
 
 Progress = Callable[[str], None]
 
@@ -33,7 +34,16 @@ Progress = Callable[[str], None]
 # --------------------------------------------------------------------------- apply
 
 
-def _run_step(runner: Runner, step: Step, password: str | None) -> None:
+def _run_step(runner: Backend, step: Step, password: str | None) -> None:
+    from celeryctl.rabbitmq.ctl import Runner
+
+    if step.method is not None:
+        if isinstance(runner, Runner) or step.path is None:
+            raise InternalError(f"internal: {step.name} needs the management API")
+        runner.request(step.method, step.path, step.body, missing_ok=step.method == "DELETE")
+        return
+    if not isinstance(runner, Runner):
+        raise InternalError(f"internal: {step.name} needs rabbitmqctl")
     if step.stdin_doc is not None:
         # Hashes are redacted too, should an error message echo the document.
         hashes = [u.get("password_hash", "") for u in step.stdin_doc.get("users", [])]
@@ -49,6 +59,8 @@ def _run_step(runner: Runner, step: Step, password: str | None) -> None:
 def _reached(item: Item, plan: Plan, state: State) -> bool:
     """Whether the node (as read again) has what ``item`` asked for."""
     user = state.users.get(plan.user)
+    if item.action == DELETE:
+        return (plan.vhost not in state.vhosts) if item.item == "vhost" else user is None
     if item.item == "vhost":
         return plan.vhost in state.vhosts
     if item.item == "permissions":
@@ -64,10 +76,11 @@ def _reached(item: Item, plan: Plan, state: State) -> bool:
     return True  # "user": it exists
 
 
-def _read_back(runner: Runner, plan: Plan) -> None:
-    """After a failed import: which items the node has now (RabbitMQ does not roll an import back)."""
+def _read_back(runner: Backend, plan: Plan) -> None:
+    """After a failed import or API request: which items the node has now (RabbitMQ does not roll
+    an import back; a request that timed out may have been applied)."""
     try:
-        state = read_state(runner)
+        state = read_state(runner, Request(user=plan.user, vhost=plan.vhost))
     except CeleryctlError:
         state = None
     for item in plan.items:
@@ -79,8 +92,9 @@ def _read_back(runner: Runner, plan: Plan) -> None:
             item.outcome = "applied" if _reached(item, plan, state) else "not applied"
 
 
-def apply_plan(runner: Runner, plan: Plan, on_progress: Progress | None = None) -> None:
-    """Run the plan's steps: one import, or per-command writes, independent ones at the same time.
+def apply_plan(runner: Backend, plan: Plan, on_progress: Progress | None = None) -> None:
+    """Run the plan's steps: one import, API requests in order, or per-command writes, independent
+    ones at the same time.
 
     On a failure the error is re-raised with ``details`` listing the steps applied, failed and
     not applied, and the plan's items with their status.  A failed import is followed by one read
@@ -88,7 +102,9 @@ def apply_plan(runner: Runner, plan: Plan, on_progress: Progress | None = None) 
     """
     say = on_progress or (lambda _m: None)
     steps = plan.steps
-    workers = max(1, min(len(steps), os.cpu_count() or 2))
+    # API requests go one at a time: one HTTP session, and each takes milliseconds.
+    api = any(s.method is not None for s in steps)
+    workers = 1 if api else max(1, min(len(steps), os.cpu_count() or 2))
     first_error: CeleryctlError | None = None
     for wave in (1, 2):
         batch = [s for s in steps if s.wave == wave]
@@ -113,11 +129,13 @@ def apply_plan(runner: Runner, plan: Plan, on_progress: Progress | None = None) 
         raise first_error
 
 
-def _explain_failure(error: CeleryctlError, runner: Runner, plan: Plan, say: Progress) -> None:
-    """Say in ``error`` what was applied before it (reading the node again after an import)."""
-    imported = any(s.stdin_doc is not None for s in plan.steps)
+def _explain_failure(error: CeleryctlError, runner: Backend, plan: Plan, say: Progress) -> None:
+    """Say in ``error`` what was applied before it (reading the node again after an import or
+    an API request)."""
+    imported = any(s.stdin_doc is not None or s.method is not None for s in plan.steps)
     if imported:
-        say("the import failed: reading the node again to see what was applied")
+        what = "the import failed: reading the node" if plan.steps[0].method is None else "a request failed: reading it"
+        say(f"{what} again to see what was applied")
         _read_back(runner, plan)
     summary = plan.summary()
     error.details.update(

@@ -2,12 +2,15 @@
 
 Pure: no runner, no subprocess, no network.  :func:`plan_setup` and :func:`plan_delete` take a
 :class:`~celeryctl.rabbitmq.definitions.State` (read by :mod:`celeryctl.rabbitmq.definitions`,
-or built by hand in a test) and say, per item, what changes and which rabbitmqctl write does it.
+or built by hand in a test) and say, per item, what changes and which write does it: a rabbitmqctl
+call, or, for a state read through the management API, an HTTP request.
 On a node read through ``export_definitions`` every write is folded into ONE
 ``import_definitions`` document holding only what the plan changes: the user entry carries a
 salted SHA-256 hash, never the password, and a user whose password stays gets its current hash
 back, so the import leaves the password alone.  Nodes read through ``list_*`` (no hashes) get
-per-command writes, the password on stdin, independent ones in the same wave.
+per-command writes, the password on stdin, independent ones in the same wave.  A state read
+through the management API gets the same items; their steps are ``PUT``/``DELETE`` requests
+(:func:`_use_api`), users written with a locally computed hash as well.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-from celeryctl.errors import UsageError
+from celeryctl.errors import InternalError, UsageError
 from celeryctl.rabbitmq import DEFAULT_PERMISSION, DEFAULT_USER, DEFAULT_VHOST
+from celeryctl.rabbitmq.api import api_path
 from celeryctl.rabbitmq.definitions import SHA256, State, UserState, hash_password, password_matches
 
 MAX_NAME_BYTES = 255
@@ -127,15 +131,18 @@ class Request:
 
 @dataclass
 class Step:
-    """One rabbitmqctl write."""
+    """One write: a rabbitmqctl call, or a management API request (``method`` set)."""
 
     name: str  # import_definitions; fallback: add_user, change_password, add_vhost, set_user_tags, set_permissions
-    args: list[str]  # (and delete_user, delete_vhost)
+    args: list[str]  # (and delete_user, delete_vhost); API: "PUT /api/users/NAME", no args
     wave: int = 1
     stdin_password: bool = False
     stdin_doc: dict[str, Any] | None = None  # import_definitions: the definitions document
     status: str = "planned"  # planned | applied | failed | not applied
     error: str | None = None
+    method: str | None = None  # the management API's PUT / DELETE
+    path: str | None = None  # "api/users/NAME", percent-encoded
+    body: dict[str, Any] | None = None  # users: password_hash, never the password
 
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.name, "status": self.status, "error": self.error}
@@ -312,9 +319,58 @@ def plan_setup(request: Request, state: State, *, known_password: str | None = N
         tags=wanted_tags,
         permissions=request.permissions,
     )
-    if state.definitions:
+    if state.via == "api":
+        _use_api(plan, state)
+    elif state.definitions:
         _use_import(plan, state)
     return plan
+
+
+def api_step(method: str, segments: tuple[str, ...], body: dict[str, Any] | None = None, wave: int = 1) -> Step:
+    path = api_path(*segments)
+    return Step(f"{method} /{path}", [], wave=wave, method=method, path=path, body=body)
+
+
+def _user_entry(plan: Plan, state: State, names: set[str]) -> tuple[str, str] | None:
+    """The password hash (and its algorithm) a user write carries: a new one for a new password,
+    else the current one, so that writing the tags leaves the password alone."""
+    existing = state.users.get(plan.user)
+    if "password" in names:  # a new user, or a new password
+        return (hash_password(plan.password), SHA256) if plan.password is not None else None
+    if existing is not None and existing.password_hash is not None:
+        return existing.password_hash, existing.hashing_algorithm or SHA256
+    return None
+
+
+def _use_api(plan: Plan, state: State) -> None:
+    """Replace the per-command steps by management API requests: the user (hash, tags) and the
+    vhost first, the permissions (which need both) after them."""
+    changed = {i.item: i for i in plan.items if i.steps}
+    if not changed:
+        return
+    steps: dict[str, Step] = {}
+    if changed.keys() & {"user", "password", "tags"}:
+        entry = _user_entry(plan, state, set(changed))
+        if entry is None:
+            # Without a hash the API would clear the password (a PUT without one does): never guess.
+            raise InternalError(f"internal: no password hash to write for user '{plan.user}'")
+        body = {
+            "password_hash": entry[0],
+            "hashing_algorithm": entry[1],
+            "tags": ",".join(plan.tags or []),  # required; a comma-separated string suits 3.x and 4.x
+        }
+        step = api_step("PUT", ("users", plan.user), body)
+        for name in ("user", "password", "tags"):
+            steps[name] = step
+    if "vhost" in changed:
+        steps["vhost"] = api_step("PUT", ("vhosts", plan.vhost), {})
+    if "permissions" in changed and plan.permissions is not None:
+        configure, write, read = plan.permissions
+        body = {"configure": configure, "write": write, "read": read}
+        after = bool(changed.keys() - {"permissions"})
+        steps["permissions"] = api_step("PUT", ("permissions", plan.vhost, plan.user), body, wave=2 if after else 1)
+    for name, item in changed.items():
+        item.steps = [steps[name]]
 
 
 def _use_import(plan: Plan, state: State) -> None:
@@ -367,6 +423,10 @@ def plan_delete(user: str, vhost: str, state: State) -> Plan:
         items.append(Item("vhost", DELETE, vhost, None, [Step("delete_vhost", ["delete_vhost", "--", vhost])]))
     else:
         items.append(Item("vhost", UNCHANGED, None, None))
+    if state.via == "api":
+        for item in items:
+            if item.steps:
+                item.steps = [api_step("DELETE", ("users" if item.item == "user" else "vhosts", item.current or ""))]
     return Plan(user, vhost, items)
 
 

@@ -3,7 +3,8 @@
 ``setup-broker`` provisions one user, one vhost, the user's tags and its permissions on that
 vhost.  The steps live in their own modules: :mod:`~celeryctl.rabbitmq.definitions` reads the
 node, :mod:`~celeryctl.rabbitmq.plan` compares (pure), :mod:`~celeryctl.rabbitmq.apply` writes
-the difference and verifies it by logging in over AMQP.  This module picks the node, knows
+the difference and verifies it by logging in over AMQP; :mod:`~celeryctl.rabbitmq.target` picks
+the node or the management API.  This module knows
 which password the settings hold, saves the URL, and ties the steps together.  Running again
 converges because every step is planned from the state found.
 """
@@ -20,11 +21,9 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from celeryctl import validate
 from celeryctl.broker import (
-    DEFAULT_PORT,
     BrokerUrl,
     build_amqp_url,
     host_problem,
@@ -44,9 +43,14 @@ from celeryctl.errors import (
     UsageError,
 )
 from celeryctl.rabbitmq.apply import Progress, Verification, apply_plan, verify
-from celeryctl.rabbitmq.ctl import Runner, check_node_name
 from celeryctl.rabbitmq.definitions import read_state
 from celeryctl.rabbitmq.plan import Plan, Request, plan_delete, plan_setup, validate_name, validate_password
+from celeryctl.rabbitmq.target import Target, resolve_target
+
+if TYPE_CHECKING:
+    from celeryctl.rabbitmq.definitions import Backend
+
+__all__ = ["SetupResult", "Target", "delete", "read_password", "resolve_target", "setup"]
 from celeryctl.settings import CONFIG_FILENAME, Settings, read_config_file, save_settings
 
 
@@ -139,35 +143,7 @@ def check_settings_file(path: Path) -> None:
         raise cls(f"cannot save the settings in {parent}: {exc.strerror}", hint) from None
 
 
-# --------------------------------------------------------------------------- target and the whole command
-
-
-@dataclass
-class Target:
-    runner: Runner
-    description: str
-    host: str
-    port: int
-
-
-def resolve_target(settings: Settings, node: str | None, host: str | None, port: int | None) -> Target:
-    """``--node`` (or CELERYCTL_NODE) > celeryctl's running node > the system node."""
-    from celeryctl.rabbitmq.node import HOST
-
-    if port is not None:
-        validate.port(port, "--port")
-    source = "--node" if node else settings.sources.get("node", "CELERYCTL_NODE")
-    node = node or settings.node
-    if host and host.startswith("[") and host.endswith("]"):  # an IPv6 address as written in a URL
-        host = host[1:-1]
-    if node:
-        check_node_name(node, source)  # a flag; CELERYCTL_NODE and the file were checked when loaded
-        return Target(Runner(node=node), f"node {node}", host or "localhost", port or DEFAULT_PORT)
-    private = settings.local_node()
-    info = private.running_info()
-    if info is not None:
-        return Target(private.runner(info), f"celeryctl's node {info.name}", host or HOST, port or info.port)
-    return Target(Runner(), "the system node", host or "localhost", port or DEFAULT_PORT)
+# --------------------------------------------------------------------------- the whole command
 
 
 def settings_password(settings: Settings, user: str) -> tuple[str | None, str | None]:
@@ -188,6 +164,7 @@ class SetupResult:
     settings_changed: bool = False
     warnings: list[str] = field(default_factory=list)
     delete: bool = False
+    via: str = "rabbitmqctl"  # or "api": the management API
 
     @property
     def changed(self) -> bool:
@@ -199,6 +176,7 @@ class SetupResult:
             "dry_run": self.plan.dry_run,
             "delete": self.delete,
             "node": self.target,
+            "via": self.via,
             "user": self.plan.user,
             "vhost": self.plan.vhost,
             "items": [i.to_dict() for i in self.plan.items],
@@ -250,7 +228,8 @@ def setup(
     port: int | None = None,
     dry_run: bool = False,
     save_to: Path | None = None,
-    runner: Runner | None = None,
+    runner: Backend | None = None,
+    api_password: str | None = None,
     on_progress: Progress | None = None,
     on_unsaved: Callable[[str], None] | None = None,
 ) -> SetupResult:
@@ -260,24 +239,41 @@ def setup(
     to be saved (its host resolves) and the settings file (``save_to``; None: do not save).
     Should saving fail anyway, or Ctrl-C come, once the node may have been changed, the error
     says so and ``on_unsaved`` gets the URL with a generated password that nobody has otherwise.
+    Through the management API when a management URL is set (``api_password``: the admin's,
+    from ``--api-password-stdin``), else through rabbitmqctl.
     """
-    say = on_progress or (lambda _m: None)
     request.validate()
-    target = resolve_target(settings, node, host, port)
+    target = resolve_target(settings, node, host, port, api_password=api_password)
+    try:
+        if runner is not None:
+            target.runner = runner
+        return _setup(request, settings, target, dry_run, save_to, on_progress, on_unsaved)
+    finally:
+        target.close()
+
+
+def _setup(
+    request: Request,
+    settings: Settings,
+    target: Target,
+    dry_run: bool,
+    save_to: Path | None,
+    on_progress: Progress | None,
+    on_unsaved: Callable[[str], None] | None,
+) -> SetupResult:
+    say = on_progress or (lambda _m: None)
     check_url(request, target.host, target.port)
     if save_to is not None and not dry_run:
         check_settings_file(save_to)
     if not dry_run:
-        # pika's import (~70 ms) overlaps the rabbitmqctl calls instead of delaying the verification.
+        # pika's import (~70 ms) overlaps the reads and writes instead of delaying the verification.
         threading.Thread(target=_preload_pika, daemon=True).start()
-    if runner is not None:
-        target.runner = runner
     say(f"reading users, vhosts and permissions on {target.description}")
     state = read_state(target.runner, request)
     known, known_source = settings_password(settings, request.user)
     plan = plan_setup(request, state, known_password=known)
     plan.dry_run = dry_run
-    result = SetupResult(plan, target.description)
+    result = SetupResult(plan, target.description, via=state.via)
     if request.password is None and not request.rotate_password and request.user in state.users:
         result.warnings += _unknown_password_warnings(request.user, plan, known, known_source)
     if plan.password is not None and not (dry_run and plan.password_generated):
@@ -419,20 +415,37 @@ def delete(
     confirm: Callable[[Plan], bool],
     node: str | None = None,
     dry_run: bool = False,
-    runner: Runner | None = None,
+    runner: Backend | None = None,
+    api_password: str | None = None,
     on_progress: Progress | None = None,
 ) -> SetupResult:
     """Delete the user and the vhost (with everything in it) after ``confirm(plan)`` says yes."""
-    say = on_progress or (lambda _m: None)
     validate_name(user, "--user", "user name")
     validate_name(vhost, "--vhost", "vhost name")
-    target = resolve_target(settings, node, None, None)
-    if runner is not None:
-        target.runner = runner
+    target = resolve_target(settings, node, None, None, api_password=api_password, amqp=False)
+    try:
+        if runner is not None:
+            target.runner = runner
+        return _delete(user, vhost, settings, target, confirm, dry_run, on_progress)
+    finally:
+        target.close()
+
+
+def _delete(
+    user: str,
+    vhost: str,
+    settings: Settings,
+    target: Target,
+    confirm: Callable[[Plan], bool],
+    dry_run: bool,
+    on_progress: Progress | None,
+) -> SetupResult:
+    say = on_progress or (lambda _m: None)
     say(f"reading users and vhosts on {target.description}")
-    plan = plan_delete(user, vhost, read_state(target.runner))
+    state = read_state(target.runner, Request(user=user, vhost=vhost))
+    plan = plan_delete(user, vhost, state)
     plan.dry_run = dry_run
-    result = SetupResult(plan, target.description, delete=True)
+    result = SetupResult(plan, target.description, delete=True, via=state.via)
     if dry_run or not plan.changed:
         return result
     if not confirm(plan):
