@@ -142,6 +142,11 @@ def test_unacked_counts_through_the_api_alone(cli: CliRun, node: ApiNode, held: 
     (row,) = [q for q in listed["queues"] if q["name"] == QUEUE]
     assert (row["ready"], row["unacked"], row["consumers"], row["messages"]) == (TOTAL - held, held, 1, TOTAL)
 
+    top = cli("top", "--json", "-d", "0.2", "-Q", QUEUE, env=env)
+    assert top.returncode == 0, top.output
+    (row,) = [q for q in top.json()["queues"] if q["name"] == QUEUE]
+    assert (row["ready"], row["unacked"], row["consumers"]) == (TOTAL - held, held, 1)
+
 
 def test_own_node_api_falls_back_to_rabbitmqctl_for_a_user_it_refuses(cli: CliRun, node: ApiNode, held: int) -> None:
     """celeryctl's node runs the plugin: guest lists through the API; a user with no management
