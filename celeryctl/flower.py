@@ -11,9 +11,10 @@ import signal
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from celeryctl.broker import BrokerUrl, ensure_reachable, is_loopback, mask_url, own_management_url, with_userinfo
+from celeryctl.broker import ensure_reachable, is_loopback, mask_url, with_userinfo
 from celeryctl.celeryapp import app_broker, run_celery
 from celeryctl.errors import NotInstalledError, PermissionDeniedError, PortInUseError, UsageError
+from celeryctl.rabbitmq.api import resolve_api
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -80,12 +81,11 @@ def flower_plan(
     if basic_auth:
         env["FLOWER_BASIC_AUTH"] = basic_auth
     broker_api = None
-    mgmt = own_management_url(settings, broker_url)
-    if mgmt:
-        # Flower reads queue lengths through the management API, as the broker URL's user.
-        target = BrokerUrl.parse(broker_url)
-        api = mgmt.rstrip("/") + "/api/"
-        env["FLOWER_BROKER_API"] = with_userinfo(api, target.user, target.password or "guest")
+    api = resolve_api(settings, broker_url)
+    if api is not None:
+        # Flower reads queue lengths through the management API (the configured one, else
+        # celeryctl's node's), logged in as resolve_api decides; the URL lives in its environment.
+        env["FLOWER_BROKER_API"] = with_userinfo(api.url.base + "api/", api.user, api.secrets[0])
         broker_api = mask_url(env["FLOWER_BROKER_API"])
     shown = address if address not in ("", "0.0.0.0", "::") else "127.0.0.1"  # display only
     if ":" in shown:

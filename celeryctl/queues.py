@@ -1,7 +1,8 @@
 """``celeryctl queues`` and ``celeryctl purge``: queue depths, and emptying one queue.
 
-Depths come from :func:`celeryctl.broker.list_queues` (every queue of the vhost on celeryctl's
-own node, else the app's queues and the ones asked for).  Returns data and raises
+Depths come from :func:`celeryctl.broker.list_queues` (every queue of the vhost through the
+management API or, on celeryctl's own node, rabbitmqctl; else the app's queues and the ones
+asked for).  Returns data and raises
 :mod:`celeryctl.errors`; nothing prints.
 """
 
@@ -35,8 +36,9 @@ def queues_report(settings: Settings, names: Iterable[str] = (), *, include_inte
     url = app_broker(app) if app is not None else settings.broker
     default = app_queue_names(app) if app is not None else ["celery"]
     asked = list(names)
-    # rabbitmqctl reads the node as its admin: the URL's own user must be able to log in first
-    # (exit 7), or a wrong password would list queues it may not see.
+    # rabbitmqctl reads the node as its admin (and the API may log in as another user): the
+    # URL's own user must be able to log in first (exit 7), or a wrong password would list
+    # queues it may not see.
     ensure_reachable(url)
     report = list_queues(url, settings, [*default, *asked], include_internal=include_internal)
     report.missing = [m for m in report.missing if m in asked]

@@ -3,8 +3,9 @@
 Workers are asked through Celery's remote control with short deadlines (a ``stats`` broadcast
 that waits ``timeout`` seconds for answers, then ``active``/``active_queues`` addressed to the
 workers that answered, which return as soon as they all did).  Queue depths come from
-:mod:`celeryctl.broker`: ``rabbitmqctl list_queues`` when the broker is celeryctl's own node
-(ready and unacknowledged apart), else passive declares (ready messages and consumers only).
+:func:`celeryctl.broker.queue_lister`'s choice: the management API (any broker; ready and
+unacknowledged apart, rates), ``rabbitmqctl list_queues`` on celeryctl's own node, else passive
+declares (ready messages and consumers only).
 A queue's dead-letter queue (``NAME.dead``) is folded into it as its ``dead`` count.
 
 Also here, shared by ``status``, ``queues``, ``purge``, ``top`` and ``flower``: which broker
@@ -25,14 +26,12 @@ from celeryctl.broker import (
     app_queue_names,
     ensure_reachable,
     mask_url,
-    own_node_runner,
-    parse,
+    queue_lister,
     queues_via_amqp,
-    queues_via_ctl,
 )
 from celeryctl.broker.queues import fold_dead_letters, with_dead_letter_queues
 from celeryctl.celeryapp import app_broker
-from celeryctl.errors import CeleryctlError, UnreachableError
+from celeryctl.errors import UnreachableError
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -208,24 +207,25 @@ def status(
     """One snapshot: workers (through remote control) and queues, asked at the same time."""
     started = time.monotonic()
     url = app_broker(app)
-    vhost = parse(url).vhost
     asked = list(dict.fromkeys(queues))
-    runner = own_node_runner(settings, url)
-    # rabbitmqctl boots an Erlang VM (~0.5 s): start it first and let it run while the broker
-    # is checked and the workers answer.  A daemon thread: an error exit does not wait for it.
-    listing = _in_background(queues_via_ctl, runner, vhost, include_internal=include_internal) if runner else None
-    ensure_reachable(url)
-    workers, _active = inspect_workers(app, timeout)
-    report: QueueReport | None = None
-    if listing is not None:
-        try:
-            listed = listing()
-        except CeleryctlError:
-            pass  # rabbitmqctl failed (cookie, node busy): fall back to AMQP
-        else:
-            present = {q.name for q in listed}
-            report = QueueReport(vhost, "rabbitmqctl", listed, [n for n in asked if n not in present])
-    if report is None:
+    lister = queue_lister(settings, url)
+    # rabbitmqctl boots an Erlang VM (~0.5 s), the API answers in milliseconds: either starts
+    # first and runs while the broker is checked and the workers answer.  A daemon thread: an
+    # error exit does not wait for it.
+    listing = (
+        _in_background(lister.every_queue, include_internal=include_internal) if lister.lists_every_queue else None
+    )
+    try:
+        ensure_reachable(url)
+        workers, _active = inspect_workers(app, timeout)
+        listed = listing() if listing is not None else None
+    finally:
+        lister.close()
+    if listed is not None:
+        source, found = listed
+        present = {q.name for q in found}
+        report = QueueReport(lister.url.vhost, source, found, [n for n in asked if n not in present])
+    else:
         names = [*app_queue_names(app), *(q for w in workers for q in w.queues), *asked]
         report = queues_via_amqp(url, with_dead_letter_queues(names), asked)
     report.queues = fold_dead_letters(report.queues)

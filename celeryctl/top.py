@@ -3,7 +3,7 @@
 ``TopState`` turns Celery events into a :class:`TopView` (plain data; it knows nothing of
 display: :mod:`celeryctl.render.top` draws it).  ``TopSession`` feeds it from a Celery event
 receiver thread (reconnecting with backoff when the broker goes away) and a poller thread for
-queue depths (:func:`celeryctl.broker.list_queues`) and worker stats.
+queue depths (through :func:`celeryctl.broker.queue_lister`'s choice, made once) and worker stats.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from celeryctl.broker import QueueDepth, app_queue_names, ensure_reachable, list_queues, mask_url, own_node_runner
+from celeryctl.broker import QueueDepth, QueueLister, app_queue_names, ensure_reachable, mask_url, queue_lister
 from celeryctl.broker.queues import fold_dead_letters, with_dead_letter_queues
 from celeryctl.celeryapp import app_broker
 from celeryctl.errors import CeleryctlError
@@ -24,7 +24,6 @@ from celeryctl.status import DEFAULT_INSPECT_TIMEOUT, WorkerStatus, describe, in
 if TYPE_CHECKING:
     from celery import Celery
 
-    from celeryctl.rabbitmq.ctl import Runner
     from celeryctl.settings import Settings
 
 # --------------------------------------------------------------------------- the model
@@ -369,14 +368,17 @@ class TopSession:
         self._stop = threading.Event()
         self._receiver: Any = None
         self._threads: list[threading.Thread] = []
-        self._runner: Runner | None = None
-        self._runner_checked = False
+        self._lister: QueueLister | None = None
         self.first_poll = threading.Event()  # set once workers and queues were asked once
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        """Check the broker and the URL's login (exit 6 or 7), then start the events and poll threads."""
+        """Check the broker and the URL's login (exit 6 or 7), and a configured management API
+        (exit 6, 7 or 5), then start the events and poll threads."""
         ensure_reachable(self.url)
+        self._lister = queue_lister(self.settings, self.url)
+        if self._lister.api is not None and self._lister.explicit:
+            self._lister.api.whoami()  # a wrong --api fails here, not in the queue panel
         for target, name in ((self._events_loop, "celeryctl-top-events"), (self._poll_loop, "celeryctl-top-poll")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -390,6 +392,8 @@ class TopSession:
         deadline = time.monotonic() + wait
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        if self._lister is not None:
+            self._lister.close()
 
     def wait_connected(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -423,12 +427,11 @@ class TopSession:
     def poll_queues(self) -> None:
         import pika.exceptions
 
-        if not self._runner_checked:
-            self._runner = own_node_runner(self.settings, self.url)
-            self._runner_checked = True
+        if self._lister is None:
+            self._lister = queue_lister(self.settings, self.url)
         names = with_dead_letter_queues([*app_queue_names(self.app), *self.extra_queues])
         try:
-            report = list_queues(self.url, self.settings, names, runner=self._runner)
+            report = self._lister.report(names)
             self.state.set_queues(fold_dead_letters(report.queues))
         except CeleryctlError as exc:
             self.state.set_queues(None, exc.message)

@@ -6,8 +6,10 @@
 * Reachability — :func:`ensure_reachable` (AMQP handshake, then a login) and :func:`connect`
   (a pika connection) both map failures the same way: exit 6 (unreachable) or 7 (refused).
 * Queue depth — :func:`queue_depths` (passive declares on any open connection: ready and
-  consumers) and :func:`list_queues` (every queue of the vhost through ``rabbitmqctl`` when the
-  broker is celeryctl's node, with unacknowledged messages apart; else passive declares).
+  consumers) and :func:`queue_lister`, the one choice of how to list a broker's queues: the
+  management API (any broker, when a management URL is set or celeryctl's node runs the
+  plugin), else ``rabbitmqctl`` on celeryctl's node, else passive declares; :func:`list_queues`
+  lists once through it.
 * :func:`app_queue_names` — the queues a Celery app sends to.
 
 This package imports neither celery, kombu nor pika at module level (``--help`` stays fast).
@@ -29,13 +31,16 @@ from celeryctl.broker.access import (
 )
 from celeryctl.broker.queues import (
     QueueDepth,
+    QueueLister,
     QueueReport,
     app_queue_names,
     is_internal_queue,
     list_queues,
     queue_depth,
     queue_depths,
+    queue_lister,
     queues_via_amqp,
+    queues_via_api,
     queues_via_ctl,
 )
 from celeryctl.broker.url import (
@@ -76,6 +81,7 @@ __all__ = [
     "Host",
     "ManagementUrl",
     "QueueDepth",
+    "QueueLister",
     "QueueReport",
     "access_error",
     "app_queue_names",
@@ -96,7 +102,9 @@ __all__ = [
     "parse",
     "queue_depth",
     "queue_depths",
+    "queue_lister",
     "queues_via_amqp",
+    "queues_via_api",
     "queues_via_ctl",
     "url_password",
     "url_user",

@@ -1,4 +1,11 @@
-"""Queue depth (ready, unacknowledged where known, consumers) and the queues an app sends to."""
+"""Queue depth (ready, unacknowledged where known, consumers) and the queues an app sends to.
+
+Three sources list queues, chosen once by :func:`queue_lister` (the one place that decides):
+the management HTTP API when a management URL is set or celeryctl's node runs the plugin
+(ready, unacked, consumers, rates, quorum members; any broker), else ``rabbitmqctl`` on
+celeryctl's own node (ready and unacked), else passive declares over AMQP (ready and consumers
+of the queues named).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from celeryctl.broker.access import close_quietly, connect, own_node_runner
 from celeryctl.broker.url import BrokerUrl, parse
-from celeryctl.errors import AccessRefusedError, QueueNotFoundError
+from celeryctl.errors import AccessRefusedError, CeleryctlError, QueueNotFoundError
 
 if TYPE_CHECKING:
     from celery import Celery
 
+    from celeryctl.rabbitmq.api import ManagementApi
     from celeryctl.rabbitmq.ctl import Runner
     from celeryctl.settings import Settings
 
@@ -32,6 +40,13 @@ class QueueDepth:
     consumers: int | None
     exists: bool = True
     dead: int | None = None  # messages in its dead-letter queue (NAME.dead); None: it has none
+    # Only the management API tells these (None through rabbitmqctl or AMQP):
+    type: str | None = None  # classic, quorum, stream
+    publish_rate: float | None = None  # messages per second, as the API's last sample says
+    deliver_rate: float | None = None
+    leader: str | None = None  # quorum queues: the leader node, the members, those online
+    members: list[str] | None = None
+    online: list[str] | None = None
 
     @property
     def messages(self) -> int | None:
@@ -47,7 +62,7 @@ class QueueDepth:
 @dataclass
 class QueueReport:
     vhost: str
-    source: str  # "rabbitmqctl" (celeryctl's node) or "amqp" (passive declare)
+    source: str  # "api" (management API), "rabbitmqctl" (celeryctl's node) or "amqp" (passive declare)
     queues: list[QueueDepth]
     missing: list[str] = field(default_factory=list)  # asked-for queues that do not exist
 
@@ -172,33 +187,147 @@ def queues_via_ctl(runner: Runner, vhost: str, *, include_internal: bool = False
     return sorted(out, key=lambda q: q.name)
 
 
+#: What ``/api/queues/VHOST`` is asked for (``?columns=``: small answers on big brokers).
+API_QUEUE_COLUMNS = (
+    "name",
+    "messages_ready",
+    "messages_unacknowledged",
+    "consumers",
+    "durable",
+    "auto_delete",
+    "exclusive",
+    "type",
+    "leader",
+    "members",
+    "online",
+    "message_stats.publish_details.rate",
+    "message_stats.deliver_get_details.rate",
+)
+
+
+def _rate(stats: Any, key: str) -> float | None:
+    rate = ((stats or {}).get(key) or {}).get("rate") if isinstance(stats, dict) else None
+    return float(rate) if isinstance(rate, (int, float)) else None
+
+
+def queues_via_api(api: ManagementApi, vhost: str, *, include_internal: bool = False) -> list[QueueDepth]:
+    """Every queue of ``vhost`` through the management API: ready, unacked, consumers, and what
+    only the API knows (type, publish/deliver rates, a quorum queue's leader and members).
+
+    The API's counts are its last statistics sample (every 5 s by default): a queue declared a
+    moment ago may show no counts yet (0 here)."""
+    out: list[QueueDepth] = []
+    for row in api.queues(vhost, API_QUEUE_COLUMNS):
+        name = str(row.get("name", ""))
+        if not include_internal and (is_internal_queue(name) or row.get("exclusive") is True):
+            continue
+        if not include_internal and row.get("auto_delete") is True and not row.get("durable"):
+            continue
+        stats = row.get("message_stats")
+        members, online = row.get("members"), row.get("online")
+        out.append(
+            QueueDepth(
+                name=name,
+                ready=int(row.get("messages_ready") or 0),
+                unacked=int(row.get("messages_unacknowledged") or 0),
+                consumers=int(row.get("consumers") or 0),
+                type=str(row["type"]) if row.get("type") else None,
+                publish_rate=_rate(stats, "publish_details"),
+                deliver_rate=_rate(stats, "deliver_get_details"),
+                leader=str(row["leader"]) if row.get("leader") else None,
+                members=[str(m) for m in members] if isinstance(members, list) else None,
+                online=[str(m) for m in online] if isinstance(online, list) else None,
+            )
+        )
+    return sorted(out, key=lambda q: q.name)
+
+
+@dataclass
+class QueueLister:
+    """How one broker's queues are listed, decided once by :func:`queue_lister` and used as
+    often as needed (``top`` polls): the API, else rabbitmqctl, else passive declares."""
+
+    url: BrokerUrl
+    api: ManagementApi | None = None
+    explicit: bool = False  # the API was configured: its failures are errors, never a fallback
+    runner: Runner | None = None
+
+    @property
+    def lists_every_queue(self) -> bool:
+        """True when the API or rabbitmqctl may list the whole vhost (else: passive declares)."""
+        return self.api is not None or self.runner is not None
+
+    def every_queue(self, *, include_internal: bool = False) -> tuple[str, list[QueueDepth]] | None:
+        """(source, every queue of the vhost) through the API or rabbitmqctl; None when neither
+        can (then the caller declares the names it knows).  A configured API that fails raises
+        its error (exit 6/7/5); celeryctl's own node's API that refuses the login (the broker
+        URL's user lacks a management tag) falls back to rabbitmqctl, silently, for good."""
+        if self.api is not None:
+            try:
+                return "api", queues_via_api(self.api, self.url.vhost, include_internal=include_internal)
+            except CeleryctlError:
+                if self.explicit:
+                    raise
+                self.api = None
+        if self.runner is not None:
+            try:
+                return "rabbitmqctl", queues_via_ctl(self.runner, self.url.vhost, include_internal=include_internal)
+            except CeleryctlError:
+                pass  # rabbitmqctl failed (cookie, node busy): fall back to AMQP
+        return None
+
+    def report(
+        self, names: Iterable[str] = (), asked: Iterable[str] | None = None, *, include_internal: bool = False
+    ) -> QueueReport:
+        """Every queue of the vhost when the API or rabbitmqctl lists them, else ``names`` by
+        passive declare; ``missing`` lists the names (only those in ``asked`` when given) absent."""
+        wanted = list(dict.fromkeys(names))
+        listing = self.every_queue(include_internal=include_internal)
+        if listing is None:
+            return queues_via_amqp(self.url, wanted, asked)
+        source, queues = listing
+        present = {q.name for q in queues}
+        among = wanted if asked is None else list(asked)
+        return QueueReport(self.url.vhost, source, queues, [n for n in among if n not in present])
+
+    def close(self) -> None:
+        if self.api is not None:
+            self.api.close()
+
+
+def queue_lister(settings: Settings, url: str | BrokerUrl, *, runner: Runner | None = None) -> QueueLister:
+    """THE choice of how to list ``url``'s queues: the management API when a management URL is
+    set (``--api``, CELERYCTL_MANAGEMENT_URL, the settings file) or celeryctl's node runs the
+    plugin; rabbitmqctl when ``url`` is celeryctl's own node; else passive declares."""
+    from celeryctl.rabbitmq.api import resolve_api
+
+    target = parse(url)
+    explicit = bool(settings.management_url)
+    try:
+        api = resolve_api(settings, target)
+    except CeleryctlError:
+        if explicit:
+            raise
+        api = None  # celeryctl's node, and a broker URL without a login to offer it: rabbitmqctl
+    if runner is None and not explicit:
+        runner = own_node_runner(settings, target)
+    return QueueLister(target, api, explicit, runner)
+
+
 def list_queues(
     url: str | BrokerUrl,
     settings: Settings,
     names: Iterable[str] = (),
     *,
     include_internal: bool = False,
-    runner: Runner | None = None,
 ) -> QueueReport:
-    """Queue depths on the broker's vhost.
-
-    On celeryctl's own node every queue of the vhost is listed through rabbitmqctl (ready and
-    unacknowledged apart); elsewhere the ``names`` given are looked up by passive declare.
-    """
-    from celeryctl.errors import CeleryctlError
-
-    target = parse(url)
-    wanted = list(dict.fromkeys(names))
-    runner = runner or own_node_runner(settings, target)
-    if runner is not None:
-        try:
-            queues = queues_via_ctl(runner, target.vhost, include_internal=include_internal)
-        except CeleryctlError:
-            queues = None  # rabbitmqctl failed (cookie, node busy): fall back to AMQP
-        if queues is not None:
-            present = {q.name for q in queues}
-            return QueueReport(target.vhost, "rabbitmqctl", queues, [n for n in wanted if n not in present])
-    return queues_via_amqp(target, wanted)
+    """Queue depths on the broker's vhost, through :func:`queue_lister`'s choice: every queue of
+    the vhost through the API or rabbitmqctl, else the ``names`` given by passive declare."""
+    lister = queue_lister(settings, url)
+    try:
+        return lister.report(names, include_internal=include_internal)
+    finally:
+        lister.close()
 
 
 def queues_via_amqp(url: str | BrokerUrl, names: Iterable[str], asked: Iterable[str] | None = None) -> QueueReport:

@@ -9,6 +9,7 @@ import typer
 from celeryctl import render
 from celeryctl.cli import options
 from celeryctl.cli.options import (
+    ApiOpt,
     AppOpt,
     BackendOpt,
     BrokerOpt,
@@ -53,11 +54,12 @@ def doctor(
     strict: Annotated[bool, typer.Option("--strict", help="Count warnings as failures (exit 1).")] = False,
     verbose: VerboseOpt = False,
     json_: JsonOpt = False,
+    api: ApiOpt = None,
 ) -> None:
     """Check broker, credentials, permissions, app, result backend and workers; say what to fix.
 
     Checks in order: settings, TCP, AMQP handshake, authentication, virtual host, permissions,
-    guest login (off loopback), resource alarms, Celery app, serializer (pickle), result backend,
+    guest login (off loopback), management API, resource alarms, cluster members, Celery app, serializer (pickle), result backend,
     workers, queue depths, queue types (as --queue-type declares them), dead letters, versions,
     local node.
     Each is ok, warn, fail or skip (could not run because an earlier one failed).
@@ -75,6 +77,7 @@ def doctor(
         "ping_timeout": ping_timeout,
         "queue_type": queue_type,
         "max_deliveries": max_deliveries,
+        "management_url": api,
     }
     with render.spinner("checking", quiet=json_ or not render.err.is_terminal) as update:
         report = run_doctor(flags, config=options.config_path(), on_progress=update)

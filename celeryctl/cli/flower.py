@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from celeryctl.cli.options import AppOpt, BackendOpt, BrokerOpt, DataDirOpt, port_parser, resolve
+from celeryctl.cli.options import ApiOpt, AppOpt, BackendOpt, BrokerOpt, DataDirOpt, port_parser, resolve
 
 
 def flower(
@@ -37,12 +37,14 @@ def flower(
     broker: BrokerOpt = None,
     backend: BackendOpt = None,
     data_dir: DataDirOpt = None,
+    api: ApiOpt = None,
 ) -> None:
     """Run Flower (the web monitor) for the resolved broker and app, in this process.
 
     Needs the flower extra: pip install 'celeryctl[flower]'.  Listens on 127.0.0.1 unless
-    --address; another address without --basic-auth is refused unless --unsafe-no-auth.  On
-    celeryctl's node started with --management, Flower also gets the broker's HTTP API.
+    --address; another address without --basic-auth is refused unless --unsafe-no-auth.
+    Flower gets the broker's management API (queue lengths) when one is set (--api,
+    CELERYCTL_MANAGEMENT_URL) or celeryctl's node runs it (broker start --management).
     Passwords reach Flower through its environment, never through an argv.
     """
     from celeryctl import flower as core
@@ -50,7 +52,12 @@ def flower(
     from celeryctl.render.flower import announce
 
     settings = resolve(
-        broker_url=broker, result_backend=backend, app=app_spec, data_dir=data_dir, flower_basic_auth=basic_auth
+        broker_url=broker,
+        result_backend=backend,
+        app=app_spec,
+        data_dir=data_dir,
+        flower_basic_auth=basic_auth,
+        management_url=api,
     )
     core.require_flower()
     auth = settings.flower_basic_auth

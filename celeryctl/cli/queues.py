@@ -10,6 +10,7 @@ import typer
 from celeryctl import render
 from celeryctl.cli.options import (
     AllOpt,
+    ApiOpt,
     AppOpt,
     BrokerOpt,
     DataDirOpt,
@@ -28,16 +29,18 @@ def queues(
     app_spec: AppOpt = None,
     broker: BrokerOpt = None,
     data_dir: DataDirOpt = None,
+    api: ApiOpt = None,
 ) -> None:
     """List queues with their messages ready, unacknowledged and consumers.
 
-    On celeryctl's own node every queue of the vhost is listed; on another broker the app's
-    queues and those named with --queue.
+    Every queue of the vhost is listed through the management API (--api, or celeryctl's node
+    run with --management) or on celeryctl's own node through rabbitmqctl; on another broker
+    without an API, the app's queues and those named with --queue (ready only).
     """
     from celeryctl.queues import queues_report
     from celeryctl.render.queues import print_queues
 
-    settings = resolve(broker_url=broker, app=app_spec, data_dir=data_dir)
+    settings = resolve(broker_url=broker, app=app_spec, data_dir=data_dir, management_url=api)
     report = queues_report(settings, queue or (), include_internal=all_)
     if json_:
         render.emit_json(render.ok_doc(**report.to_dict()))

@@ -9,6 +9,7 @@ import typer
 from celeryctl import render
 from celeryctl.cli.options import (
     AllOpt,
+    ApiOpt,
     AppOpt,
     BackendOpt,
     BrokerOpt,
@@ -40,17 +41,19 @@ def status(
     broker: BrokerOpt = None,
     backend: BackendOpt = None,
     data_dir: DataDirOpt = None,
+    api: ApiOpt = None,
 ) -> None:
     """One snapshot of workers (pool, concurrency, processed, active, uptime) and queues.
 
-    Workers get --timeout seconds to answer.  Queue depths: ready and unacknowledged apart on
-    celeryctl's own node (through rabbitmqctl), ready only on another broker (through AMQP).
+    Workers get --timeout seconds to answer.  Queue depths: every queue of the vhost with ready
+    and unacknowledged apart through the management API (--api, or celeryctl's node run with
+    --management) or rabbitmqctl (celeryctl's own node); else ready only, through AMQP.
     """
     from celeryctl import status as core
     from celeryctl.celeryapp import load_app
     from celeryctl.render.status import print_status
 
-    settings = resolve(broker_url=broker, result_backend=backend, app=app_spec, data_dir=data_dir)
+    settings = resolve(broker_url=broker, result_backend=backend, app=app_spec, data_dir=data_dir, management_url=api)
     app = load_app(settings.app, settings)
     st = core.status(app, settings, timeout=timeout, queues=queue or (), include_internal=all_)
     if json_:

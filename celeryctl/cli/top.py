@@ -8,6 +8,7 @@ import typer
 
 from celeryctl import render
 from celeryctl.cli.options import (
+    ApiOpt,
     AppOpt,
     BackendOpt,
     BrokerOpt,
@@ -45,17 +46,19 @@ def top(
     broker: BrokerOpt = None,
     backend: BackendOpt = None,
     data_dir: DataDirOpt = None,
+    api: ApiOpt = None,
 ) -> None:
     """A live dashboard fed by Celery events: workers, tasks/s, running tasks, queues, failures.
 
     Press q to quit.  When stdout is not a terminal (or with --json) it collects events for
     --duration seconds and prints one snapshot.  Workers that stop sending heartbeats show as
-    offline; a lost broker connection is shown and retried.
+    offline; a lost broker connection is shown and retried.  Queue depths come through the
+    management API when one is set (--api) or celeryctl's node runs it.
     """
     from celeryctl.celeryapp import load_app
     from celeryctl.top import TopSession
 
-    settings = resolve(broker_url=broker, result_backend=backend, app=app_spec, data_dir=data_dir)
+    settings = resolve(broker_url=broker, result_backend=backend, app=app_spec, data_dir=data_dir, management_url=api)
     app = load_app(settings.app, settings)
     session = TopSession(app, settings, refresh=refresh, queues=queue or ())
     if json_ or not render.out.is_terminal:

@@ -146,47 +146,56 @@ def _ask_alarms(
     return LocalResult(done(OK, f"{tools}; {node.who} is running", **data), alarms=list(alarms or []))
 
 
-def alarms_check(net: NetworkResult | None, local: LocalResult | None) -> Check:
-    """Check 7: a blocked connection fails; on a local node rabbitmq-diagnostics is asked too."""
+def alarms_check(
+    net: NetworkResult | None, local: LocalResult | None, api_alarms: list[dict[str, Any]] | None = None
+) -> Check:
+    """Check 7: a blocked connection fails; the management API's alarms per node (any broker)
+    and, on a local node, rabbitmq-diagnostics' are asked too."""
     access = net.access if net else None
     if access is None:
         return skip("alarms", "not connected to the broker")
+    named_alarms = api_alarms or (local.alarms if local is not None else None) or []
     if access.kind == "blocked" or access.blocked:
-        named = f" ({', '.join(_alarm_name(a) for a in local.alarms)})" if local is not None and local.alarms else ""
+        named = f" ({', '.join(_alarm_name(a) for a in named_alarms)})" if named_alarms else ""
         return Check(
             "alarms",
             FAIL,
             net.blocked_seconds if net else 0.0,
             f"the broker blocked the connection: a memory or disk alarm is on, publishing stops{named}",
             "free disk space or memory on the broker host (rabbitmq-diagnostics alarms shows which)",
-            {"blocked": True, "alarms": local.alarms if local else None},
+            {"blocked": True, "alarms": named_alarms or None},
         )
-    if local is not None and local.alarms:
-        names = ", ".join(_alarm_name(a) for a in local.alarms)
+    if named_alarms:
+        names = ", ".join(_alarm_name(a) for a in named_alarms)
+        who = "the management API reports" if api_alarms else "the node reports"
         return Check(
             "alarms",
             FAIL,
-            local.check.seconds,
-            f"the node reports alarms: {names}",
+            local.check.seconds if local is not None and not api_alarms else 0.0,
+            f"{who} alarms: {names}",
             "free disk space or memory on the broker host; publishers are blocked until it clears",
-            {"blocked": False, "alarms": local.alarms},
+            {"blocked": False, "alarms": named_alarms},
         )
     if access.kind not in (None, "permissions") and not access.ok:
         return skip("alarms", "not logged in")
     asked = local is not None and local.alarms is not None
-    detail = "no alarms (node asked)" if asked else "connection not blocked"
-    if local is not None and local.alarms_error:
-        detail += " (rabbitmq-diagnostics could not ask the node)"
+    if api_alarms is not None:
+        detail = "no alarms (management API asked)"
+    else:
+        detail = "no alarms (node asked)" if asked else "connection not blocked"
+        if local is not None and local.alarms_error:
+            detail += " (rabbitmq-diagnostics could not ask the node)"
     return Check(
         "alarms",
         OK,
-        local.check.seconds if asked and local else 0.0,
+        local.check.seconds if asked and local and api_alarms is None else 0.0,
         detail,
-        data={"blocked": False, "alarms": local.alarms if local else None},
+        data={"blocked": False, "alarms": local.alarms if asked and local else api_alarms},
     )
 
 
 def _alarm_name(alarm: Any) -> str:
     if isinstance(alarm, dict):
-        return str(alarm.get("resource") or alarm.get("type") or alarm)
+        name = str(alarm.get("resource") or alarm.get("type") or alarm)
+        return f"{name} on {alarm['node']}" if alarm.get("node") else name
     return str(alarm)

@@ -1,7 +1,8 @@
 """The check runner: every check, in the documented order, as fast as they can go.
 
-Independent work runs at the same time: the Celery app is imported in one thread and the local
-node is asked about alarms (an Erlang VM boot, ~0.5 s) in another while the network checks run.
+Independent work runs at the same time: the Celery app is imported in one thread, the local
+node is asked about alarms (an Erlang VM boot, ~0.5 s) in another and the management API (when
+there is one) in a third, while the network checks run.
 The broker to check is decided once, before the network checks: the settings' broker, or the
 one the app's workers use when the app names its own (then the app is loaded first).
 """
@@ -20,6 +21,7 @@ from celeryctl.broker import BrokerUrl
 from celeryctl.doctor.app import AppResult, app_broker, app_may_name_its_broker, check_app, check_with_app
 from celeryctl.doctor.check import FAIL, OK, SKIP, TITLES, WARN, Check, skip
 from celeryctl.doctor.local_node import LocalResult, alarms_check, check_local_node
+from celeryctl.doctor.management import ManagementResult, check_management_api
 from celeryctl.doctor.network import NetworkResult, check_network, check_settings
 from celeryctl.doctor.reliability import check_queue_shape
 from celeryctl.doctor.security import check_guest, check_serializer
@@ -97,10 +99,14 @@ def run_doctor(
                 results[name] = skip(name, "the settings do not resolve")
         results["versions"] = check_versions(None, None)
         return _report(results, started, None)
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="doctor")
+    pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="doctor")
     try:
         app_future: Future[AppResult] = pool.submit(check_app, settings)
         target, local_check = _decide_broker(pool, settings, settings_check, target, app_future, say)
+        # A few HTTP requests: beside the network checks, never after them.
+        mgmt_future: Future[ManagementResult] = pool.submit(
+            check_management_api, settings, target, settings.doctor_timeout
+        )
         say(f"checking the broker at {target.masked}")
         try:
             net = check_network(target, settings.doctor_timeout, local_check.tell)
@@ -119,10 +125,13 @@ def run_doctor(
         results.update(_queue_shape(app_result, net, target, settings))
         say("asking the local node")
         local = local_check.future.result()
+        mgmt = mgmt_future.result()
     finally:
         pool.shutdown(wait=True)
     results["local_node"] = local.check
-    results["alarms"] = alarms_check(net, local if target.on_this_machine else None)
+    results["management"] = mgmt.check
+    results["cluster"] = mgmt.cluster
+    results["alarms"] = alarms_check(net, local if target.on_this_machine else None, mgmt.alarms)
     if results["tcp"].status != OK or results["handshake"].status != OK:
         results["alarms"] = skip("alarms", "not connected to the broker")
     results["versions"] = check_versions(net.server_product, net.server_version)

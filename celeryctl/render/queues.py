@@ -13,10 +13,24 @@ if TYPE_CHECKING:
     from celeryctl.queues import Purged
 
 
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _members(q: QueueDepth) -> str:
+    """A quorum queue's members online of all (``3/3``); ``-`` for other types."""
+    if q.members is None:
+        return "-"
+    return f"{len(q.online or [])}/{len(q.members)}"
+
+
 def queue_table(queues: list[QueueDepth], title: str | None = None, *, dead: bool = False) -> Table:
     """queue, ready, unacked (``-`` when unknown), consumers; with ``dead`` the messages in each
-    queue's dead-letter queue (``-``: it has none)."""
+    queue's dead-letter queue (``-``: it has none).  Listed through the management API, also the
+    type, publish and deliver rates, and a quorum queue's members online."""
     from rich.table import Table
+
+    api = any(q.type is not None for q in queues)
 
     table = Table(title=title, title_justify="left", title_style="bold", box=None, pad_edge=False)
     table.add_column("queue")
@@ -25,6 +39,9 @@ def queue_table(queues: list[QueueDepth], title: str | None = None, *, dead: boo
     table.add_column("consumers", justify="right")
     if dead:
         table.add_column("dead", justify="right")
+    if api:
+        for col in ("type", "in/s", "out/s", "members"):
+            table.add_column(col, justify="left" if col == "type" else "right")
     for q in queues:
         row = [
             render.escape(q.name),
@@ -34,6 +51,8 @@ def queue_table(queues: list[QueueDepth], title: str | None = None, *, dead: boo
         ]
         if dead:
             row.append("-" if q.dead is None else f"[bold red]{q.dead}[/]" if q.dead else "0")
+        if api:
+            row.extend([q.type or "-", _rate(q.publish_rate), _rate(q.deliver_rate), _members(q)])
         table.add_row(*row)
     return table
 
