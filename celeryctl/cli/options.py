@@ -155,8 +155,9 @@ ApiOpt = Annotated[
         "--api",
         metavar="URL",
         help="The broker's management HTTP API, http(s)://[USER@]HOST:15672/ (env CELERYCTL_MANAGEMENT_URL, "
-        "which may hold the password; default celeryctl's node when it runs the management plugin). "
-        "The login is the URL's user, else the broker URL's.",
+        "which may hold the password). The login is the URL's user, else the broker URL's. Monitoring "
+        "commands also use celeryctl's node's API when it runs the management plugin; setup-broker only "
+        "a URL given.",
         show_default=False,
     ),
 ]
