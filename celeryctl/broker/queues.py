@@ -155,47 +155,40 @@ def is_internal_queue(name: str) -> bool:
     )
 
 
+#: The columns rabbitmqctl and the management API both name the same way.
+QUEUE_COLUMNS = ("name", "messages_ready", "messages_unacknowledged", "consumers", "durable", "auto_delete", "exclusive")
+
+
 def queues_via_ctl(runner: Runner, vhost: str, *, include_internal: bool = False) -> list[QueueDepth]:
     """Every queue of ``vhost`` with ready and unacknowledged messages apart (rabbitmqctl)."""
-    rows = runner.json(
-        "list_queues",
-        "-p",
-        vhost,
-        "name",
-        "messages_ready",
-        "messages_unacknowledged",
-        "consumers",
-        "durable",
-        "auto_delete",
-        "exclusive",
+    rows = runner.json("list_queues", "-p", vhost, *QUEUE_COLUMNS)
+    rows = rows if isinstance(rows, list) else []
+    return sorted((_depth(r) for r in rows if _listed(r, include_internal)), key=lambda q: q.name)
+
+
+def _listed(row: dict[str, Any], include_internal: bool) -> bool:
+    """Whether a listed queue is shown: Celery's plumbing and throw-away queues only with --all."""
+    if include_internal:
+        return True
+    if is_internal_queue(str(row.get("name", ""))) or row.get("exclusive") is True:
+        return False
+    return not (row.get("auto_delete") is True and not row.get("durable"))  # rpc:// replies and the like
+
+
+def _depth(row: dict[str, Any], **extra: Any) -> QueueDepth:
+    """A queue as rabbitmqctl and the management API both name its columns."""
+    return QueueDepth(
+        name=str(row.get("name", "")),
+        ready=int(row.get("messages_ready") or 0),
+        unacked=int(row.get("messages_unacknowledged") or 0),
+        consumers=int(row.get("consumers") or 0),
+        **extra,
     )
-    out: list[QueueDepth] = []
-    for row in rows if isinstance(rows, list) else []:
-        name = str(row.get("name", ""))
-        if not include_internal and (is_internal_queue(name) or row.get("exclusive") is True):
-            continue
-        if not include_internal and row.get("auto_delete") is True and not row.get("durable"):
-            continue  # rpc:// reply queues and other throw-away queues
-        out.append(
-            QueueDepth(
-                name=name,
-                ready=int(row.get("messages_ready") or 0),
-                unacked=int(row.get("messages_unacknowledged") or 0),
-                consumers=int(row.get("consumers") or 0),
-            )
-        )
-    return sorted(out, key=lambda q: q.name)
 
 
 #: What ``/api/queues/VHOST`` is asked for (``?columns=``: small answers on big brokers).
 API_QUEUE_COLUMNS = (
-    "name",
-    "messages_ready",
-    "messages_unacknowledged",
-    "consumers",
-    "durable",
-    "auto_delete",
-    "exclusive",
+    *QUEUE_COLUMNS,
     "type",
     "leader",
     "members",
@@ -218,19 +211,13 @@ def queues_via_api(api: ManagementApi, vhost: str, *, include_internal: bool = F
     moment ago may show no counts yet (0 here)."""
     out: list[QueueDepth] = []
     for row in api.queues(vhost, API_QUEUE_COLUMNS):
-        name = str(row.get("name", ""))
-        if not include_internal and (is_internal_queue(name) or row.get("exclusive") is True):
-            continue
-        if not include_internal and row.get("auto_delete") is True and not row.get("durable"):
+        if not _listed(row, include_internal):
             continue
         stats = row.get("message_stats")
         members, online = row.get("members"), row.get("online")
         out.append(
-            QueueDepth(
-                name=name,
-                ready=int(row.get("messages_ready") or 0),
-                unacked=int(row.get("messages_unacknowledged") or 0),
-                consumers=int(row.get("consumers") or 0),
+            _depth(
+                row,
                 type=str(row["type"]) if row.get("type") else None,
                 publish_rate=_rate(stats, "publish_details"),
                 deliver_rate=_rate(stats, "deliver_get_details"),

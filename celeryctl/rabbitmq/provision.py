@@ -243,13 +243,9 @@ def setup(
     from ``--api-password-stdin``), else through rabbitmqctl.
     """
     request.validate()
-    target = resolve_target(settings, node, host, port, api_password=api_password)
-    try:
-        if runner is not None:
-            target.runner = runner
+    with resolve_target(settings, node, host, port, api_password=api_password) as target:
+        target.runner = runner or target.runner
         return _setup(request, settings, target, dry_run, save_to, on_progress, on_unsaved)
-    finally:
-        target.close()
 
 
 def _setup(
@@ -422,13 +418,9 @@ def delete(
     """Delete the user and the vhost (with everything in it) after ``confirm(plan)`` says yes."""
     validate_name(user, "--user", "user name")
     validate_name(vhost, "--vhost", "vhost name")
-    target = resolve_target(settings, node, None, None, api_password=api_password, amqp=False)
-    try:
-        if runner is not None:
-            target.runner = runner
+    with resolve_target(settings, node, None, None, api_password=api_password, amqp=False) as target:
+        target.runner = runner or target.runner
         return _delete(user, vhost, settings, target, confirm, dry_run, on_progress)
-    finally:
-        target.close()
 
 
 def _delete(

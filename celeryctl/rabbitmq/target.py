@@ -41,6 +41,12 @@ class Target:
         if not isinstance(self.runner, Runner):
             self.runner.close()
 
+    def __enter__(self) -> Target:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
 
 def amqp_port(api: ManagementApi) -> int:
     """The AMQP listener port the broker reports (``/api/overview``), else 5672."""
