@@ -160,6 +160,12 @@ def test_own_node_api_falls_back_to_rabbitmqctl_for_a_user_it_refuses(cli: CliRu
     assert doc["source"] == "rabbitmqctl"
     (row,) = [q for q in doc["queues"] if q["name"] == QUEUE]
     assert (row["ready"], row["unacked"]) == (TOTAL - held, held)
+    # doctor says so, as a warning: the commands work (through rabbitmqctl), nothing is broken
+    settings = load_settings({"broker_url": node.url(*NO_TAG)}, env=own)
+    found = check_management_api(settings, settings.broker_target, 2.0)
+    assert found.check.status == WARN, found.check
+    assert "use rabbitmqctl instead" in found.check.detail and "monitoring" in (found.check.hint or "")
+    assert found.cluster.status == OK and found.cluster.detail.startswith("not asked")
 
 
 def test_a_configured_api_that_fails_is_the_commands_exit_code(cli: CliRun, node: ApiNode, empty_bin: Path) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from celeryctl.doctor.check import FAIL, OK, WARN, Check, skip
 from celeryctl.errors import CeleryctlError, PermissionDeniedError
+from celeryctl.rabbitmq.api import OWN_NODE
 
 if TYPE_CHECKING:
     from celeryctl.broker import BrokerUrl
@@ -52,6 +53,9 @@ def check_management_api(settings: Settings, target: BrokerUrl, timeout: float) 
         )
     try:
         check = check_management(api, started)
+        if check.status == FAIL and api.source == OWN_NODE:
+            not_asked = Check("cluster", OK, 0.0, "not asked: the management API refused the login", data={"asked": False})
+            return ManagementResult(_own_node_refused(check), not_asked)
         if check.status == FAIL:
             return ManagementResult(check, skip("cluster", "the management API did not answer (see above)"))
         cluster = check_cluster(api)
@@ -147,6 +151,21 @@ def _alarms(api: ManagementApi) -> list[dict[str, Any]] | None:
         return [a if isinstance(a, dict) else {"node": None, "resource": str(a)} for a in api.alarms()]
     except CeleryctlError:
         return None
+
+
+def _own_node_refused(check: Check) -> Check:
+    """celeryctl's node's API, found by itself, that does not let the broker URL's user in is no
+    fault: status, queues and top use rabbitmqctl then.  A warning that says how to use the API."""
+    return Check(
+        "management",
+        WARN,
+        check.seconds,
+        f"{check.detail.split(' (the commands would exit')[0]} (celeryctl's node); "
+        "status, queues and top use rabbitmqctl instead",
+        "to use the API, give the broker URL's user the 'monitoring' tag (celeryctl setup-broker --tags monitoring), "
+        "or set CELERYCTL_MANAGEMENT_URL with an administrator's login",
+        {**check.data, "fallback": "rabbitmqctl"},
+    )
 
 
 def _failed(exc: CeleryctlError, started: float, where: str) -> Check:

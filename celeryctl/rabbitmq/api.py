@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from celeryctl.settings import Settings
 
 DEFAULT_TIMEOUT = 5.0
+#: The source of a management URL found by itself: celeryctl's node runs the plugin.
+OWN_NODE = "celeryctl node"
 #: The tag a "Not ... user" refusal asks for (RabbitMQ's reason text -> the user tag).
 _TAG_OF_REASON = {
     "not administrator user": "administrator",
@@ -273,7 +275,7 @@ def management_url_of(settings: Settings, broker: str | BrokerUrl | None = None)
 
         own = own_management_url(settings, broker)
         if own:
-            return ManagementUrl.parse(own, "celeryctl node"), "celeryctl node"
+            return ManagementUrl.parse(own, OWN_NODE), OWN_NODE
     return None
 
 
