@@ -182,6 +182,18 @@ def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: f
         time.sleep(interval)
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 15) -> str:
+    """SIGTERM a long-running ``celeryctl`` process (flower), wait, SIGKILL it if it will not go;
+    everything it printed (stdout with stderr folded in)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate(timeout=5)
+    return (out or b"").decode(errors="replace")
+
+
 # --------------------------------------------------------------------------- vhosts (and their users)
 
 

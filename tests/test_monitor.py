@@ -29,6 +29,7 @@ from tests.conftest import (
     Worker,
     Workers,
     celery_worker,
+    terminate,
     wait_for,
 )
 
@@ -512,13 +513,7 @@ def test_flower_serves_the_worker_over_http(env: Env, worker: Worker, tmp_path: 
         cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
         assert password.encode() not in cmdline and b"guest:guest" not in cmdline
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            out, _ = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate(timeout=5)
-    text = out.decode(errors="replace")
+        text = terminate(proc)
     assert password not in text and "Traceback" not in text
 
 

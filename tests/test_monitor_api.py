@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from celeryctl.probe import AccessReport
 from celeryctl.rabbitmq.api import ManagementApi, api_path
 from celeryctl.rabbitmq.node import pick_free_port
 from celeryctl.settings import load_settings
-from tests.conftest import CliRun, RabbitNode, wait_for
+from tests.conftest import CliRun, RabbitNode, terminate, wait_for
 
 UID = uuid.uuid4().hex[:8]
 VHOST = f"monapi-{UID}"
@@ -287,12 +286,6 @@ def test_flower_reads_queue_lengths_from_the_management_api(
         assert row["messages"] == TOTAL and row["messages_unacknowledged"] == held  # the API's own fields
         assert b"guest:guest" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            out, _ = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate(timeout=5)
-    text = out.decode(errors="replace")
+        text = terminate(proc)
     assert f"broker API http://guest:****@127.0.0.1:{node.rabbit.management_url.rsplit(':', 1)[1]}api/" in text
     assert "guest:guest" not in text and "Traceback" not in text
