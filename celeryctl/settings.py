@@ -6,7 +6,8 @@ The settings file is flat TOML::
     result_backend = "rpc://"
     app = "test_celery"
 
-It is looked up as ``--config`` / ``CELERYCTL_CONFIG``, else ``./celeryctl.toml``.  A file that
+``broker_url`` may also be an array of URLs (a cluster's nodes, tried in turn: Celery's failover
+list, the same as ``"amqp://h1;amqp://h2"``).  It is looked up as ``--config`` / ``CELERYCTL_CONFIG``, else ``./celeryctl.toml``.  A file that
 holds a password is written with mode 0600; reading one that others can read warns.
 Every value remembers where it came from (``Settings.sources``) so that ``doctor -v`` can say.
 """
@@ -26,6 +27,7 @@ from celeryctl.broker import BrokerUrl, ManagementUrl, mask_url, url_password
 from celeryctl.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
+    from celeryctl.rabbitmq.cluster import Cluster
     from celeryctl.rabbitmq.node import Node
 
 if sys.version_info >= (3, 11):
@@ -126,10 +128,10 @@ class Settings:
         """The broker URL to use: explicit, else celeryctl's running node, else localhost:5672."""
         if self.broker_url:
             return self.broker_url
-        info = self.local_node().running_info()
-        if info is not None:
+        cluster = self.local_cluster()
+        if any(node.running_info() is not None for node in cluster.members):
             self.sources.setdefault("broker_url", "celeryctl node")
-            return info.url
+            return cluster.url() or FALLBACK_BROKER_URL  # a cluster: every member, Celery's failover list
         self.sources.setdefault("broker_url", "default")
         return FALLBACK_BROKER_URL
 
@@ -149,6 +151,12 @@ class Settings:
         from celeryctl.rabbitmq.node import Node  # local: keeps settings import light
 
         return Node(self.data_dir / "node", bin_dir=self.rabbitmq_bin_dir)
+
+    def local_cluster(self) -> Cluster:
+        """celeryctl's node, or the members of its local cluster (``broker start --nodes N``)."""
+        from celeryctl.rabbitmq.cluster import Cluster
+
+        return Cluster(self.data_dir, bin_dir=self.rabbitmq_bin_dir)
 
     def to_dict(self, *, reveal: bool = False) -> dict[str, Any]:
         broker = self.broker
@@ -222,6 +230,9 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], list[str]]:
             )
         if KEYS[key].type is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             values[key] = float(value)
+            continue
+        if key == "broker_url" and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            values[key] = ";".join(value)  # a failover list, as Celery's ";"-separated URL
             continue
         if not isinstance(value, str):
             raise ConfigError(

@@ -8,13 +8,14 @@ import typer
 
 from celeryctl import render
 from celeryctl.broker import mask_url
-from celeryctl.cli.options import DataDirOpt, JsonOpt, port_parser, resolve, seconds_parser
+from celeryctl.cli.options import DataDirOpt, JsonOpt, count_parser, port_parser, resolve, seconds_parser
 from celeryctl.errors import UnreachableError
+from celeryctl.rabbitmq.cluster import MAX_NODES
 from celeryctl.rabbitmq.node import MAX_PORT, MIN_PORT
 from celeryctl.render import broker as view
 
 if TYPE_CHECKING:
-    from celeryctl.rabbitmq.node import Node
+    from celeryctl.rabbitmq.cluster import Cluster
 
 app = typer.Typer(
     help="Install RabbitMQ and run celeryctl's private node (no root needed).",
@@ -23,8 +24,8 @@ app = typer.Typer(
 )
 
 
-def _node(data_dir: object) -> Node:
-    return resolve(data_dir=data_dir).local_node()
+def _cluster(data_dir: object) -> Cluster:
+    return resolve(data_dir=data_dir).local_cluster()
 
 
 @app.command()
@@ -57,8 +58,20 @@ def start(
             show_default=False,
         ),
     ] = None,
+    nodes: Annotated[
+        int | None,
+        typer.Option(
+            "--nodes",
+            "-n",
+            metavar="N",
+            parser=count_parser(low=1, high=MAX_NODES),
+            help="Run a local cluster of N nodes (1-7; 3 survives the loss of one): ports PORT, PORT+1, ...; "
+            "a running single node becomes the first member.  Default: as last started (1).",
+            show_default=False,
+        ),
+    ] = None,
     management: Annotated[
-        bool, typer.Option("--management", help="Enable the management plugin (HTTP API and UI).")
+        bool, typer.Option("--management", help="Enable the management plugin (HTTP API and UI) on every node.")
     ] = False,
     timeout: Annotated[
         float,
@@ -72,39 +85,47 @@ def start(
     data_dir: DataDirOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Start celeryctl's private RabbitMQ node and wait until it accepts AMQP connections.
+    """Start celeryctl's private RabbitMQ node (or --nodes N: a local cluster) and wait until it accepts AMQP.
 
-    The node listens on 127.0.0.1 only, with its own data directory, Erlang cookie and epmd.
-    It prints the AMQP URL (password masked) on stdout.  Already running: says so and exits 0;
-    running on another port than --port, or without --management when asked: exit 9.
+    Every node listens on 127.0.0.1 only, with its own data directory; a cluster's members share
+    one Erlang cookie and are joined with rabbitmqctl join_cluster.  A stopped cluster starts all
+    its members together (they wait for each other).  It prints the AMQP URL (a cluster: every
+    member's, ';'-separated, Celery's failover list; password masked) on stdout.  Already running:
+    says so and exits 0; running on another port than --port, fewer nodes than a cluster has, or
+    without --management when asked: exit 9.
     """
-    node = _node(data_dir)
+    cluster = _cluster(data_dir)
     with render.spinner("starting RabbitMQ", quiet=json_) as update:
-        info, started = node.start(port, management=management, timeout=timeout, on_progress=update)
+        infos, started = cluster.start(nodes, port, management=management, timeout=timeout, on_progress=update)
+    info = infos[0]
+    url = ";".join(i.url for i in infos)
     if json_:
         render.emit_json(
             render.ok_doc(
                 started=started,
-                url=mask_url(info.url),
+                url=mask_url(url),
                 name=info.name,
                 pid=info.pid,
                 port=info.port,
                 management_url=info.management_url,
-                data_dir=str(node.dir),
+                data_dir=str(cluster.data_dir / "node"),
+                nodes=[
+                    {"name": i.name, "pid": i.pid, "port": i.port, "management_url": i.management_url} for i in infos
+                ],
             )
         )
     else:
-        view.show_started(info, started)
+        view.show_started(infos, started)
 
 
 @app.command()
 def stop(data_dir: DataDirOpt = None, json_: JsonOpt = False) -> None:
-    """Stop celeryctl's private node; no process of it is left behind."""
-    node = _node(data_dir)
+    """Stop celeryctl's private node (every member of a local cluster); no process of it is left behind."""
+    cluster = _cluster(data_dir)
     with render.spinner("stopping RabbitMQ", quiet=json_) as update:
-        was_running = node.stop(on_progress=update)
+        was_running = cluster.stop(on_progress=update)
     if json_:
-        render.emit_json(render.ok_doc(stopped=was_running, was_running=was_running))
+        render.emit_json(render.ok_doc(stopped=was_running, was_running=was_running, nodes=cluster.size))
     else:
         render.out.print("stopped" if was_running else "not running")
 
@@ -113,9 +134,15 @@ def stop(data_dir: DataDirOpt = None, json_: JsonOpt = False) -> None:
 def status(data_dir: DataDirOpt = None, json_: JsonOpt = False) -> None:
     """Show whether the private node runs: pid, ports, RabbitMQ version, data dir.
 
-    Exits 0 when it runs, 6 when it does not (with --json: ok false, the status in error.details).
+    For a local cluster: each member (running, pid, ports, alarms) and the network partitions.
+    Exits 0 when it runs (every member of a cluster), 6 when it does not or a member is down
+    (with --json: ok false, the status in error.details).
     """
-    node = _node(data_dir)
+    cluster = _cluster(data_dir)
+    if cluster.is_cluster:
+        _cluster_status(cluster, json_)
+        return
+    node = cluster.members[0]
     st = node.status()
     doc = st.to_dict()
     if doc["url"]:
@@ -131,3 +158,22 @@ def status(data_dir: DataDirOpt = None, json_: JsonOpt = False) -> None:
         render.emit_json(render.ok_doc(**doc))
     else:
         view.show_status(doc)
+
+
+def _cluster_status(cluster: Cluster, json_: bool) -> None:
+    with render.spinner("asking the cluster", quiet=json_):
+        st = cluster.status()
+    doc = st.to_dict()
+    down = [m.name for m in st.members if not m.running]
+    if down:
+        if not json_:
+            view.show_cluster_status(st)
+        raise UnreachableError(
+            f"{len(st.running)} of {len(st.members)} cluster members run; down: {', '.join(down)}",
+            "start them with: celeryctl broker start",
+            details=doc,
+        )
+    if json_:
+        render.emit_json(render.ok_doc(**doc))
+    else:
+        view.show_cluster_status(st)

@@ -39,6 +39,7 @@ DIST_OFFSET = 20000  # distribution on port+20000 and the node's epmd next to it
 EPMD_OFFSET = 100
 HOST = "127.0.0.1"
 DETACH_TIMEOUT = 60.0  # seconds for ``rabbitmq-server -detached`` to hand the node over and exit
+CLUSTER_FILE = "cluster.json"  # beside the node directories: the members of a local cluster
 
 
 @dataclass
@@ -403,30 +404,31 @@ class Node:
             time.sleep(0.05)
         return not pid_alive(pid)
 
-    def _kill_leftovers(self, info: NodeInfo) -> None:
-        """Signal every process of this node (beam, its children, its private epmd)."""
-        markers = (f"-sname {info.name}".encode(), f"ERL_EPMD_PORT={info.epmd_port}".encode())
+    @property
+    def shares_epmd(self) -> bool:
+        """A member of a local cluster: the members share one epmd, which only the cluster stops."""
+        return (self.dir.parent / CLUSTER_FILE).exists()
+
+    def _owns(self, pid: int, info: NodeInfo, epmd: bool) -> bool:
+        """Is ``pid`` one of this node's processes (beam, its children; its epmd when ``epmd``)?"""
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            environ = Path(f"/proc/{pid}/environ").read_bytes() + b"\0"
+        except OSError:
+            return False
+        if f"-sname {info.name} ".encode() in cmdline + b" ":
+            return True
+        if b"epmd" in cmdline:  # started by the first node of a cluster, it serves them all
+            return epmd and f"ERL_EPMD_PORT={info.epmd_port}\0".encode() in environ
+        return f"RABBITMQ_NODENAME={info.name}\0".encode() in environ and any(
+            exe in cmdline for exe in (b"beam", b"erl_child_setup", b"inet_gethost", b"rabbit_disk_monitor")
+        )
+
+    def _kill_leftovers(self, info: NodeInfo, *, epmd: bool | None = None) -> None:
+        """Signal every process of this node (beam, its children, its private epmd unless shared)."""
+        with_epmd = not self.shares_epmd if epmd is None else epmd
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            victims = []
-            for pid in _pids():
-                if pid == os.getpid():
-                    continue
-                try:
-                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-                    environ = Path(f"/proc/{pid}/environ").read_bytes().replace(b"\0", b" ")
-                except OSError:
-                    continue
-                if markers[0] in cmdline or (
-                    (
-                        b"epmd" in cmdline
-                        or b"beam" in cmdline
-                        or b"erl_child_setup" in cmdline
-                        or b"inet_gethost" in cmdline
-                    )
-                    and markers[1] in environ
-                ):
-                    victims.append(pid)
-            victims = [p for p in victims if pid_alive(p)]
+            victims = [p for p in _pids() if p != os.getpid() and self._owns(p, info, with_epmd) and pid_alive(p)]
             if not victims:
                 return
             for pid in victims:
@@ -437,20 +439,19 @@ class Node:
             for pid in victims:
                 self._wait_gone(pid, 3.0)
 
-    def processes(self) -> list[int]:
+    def processes(self, *, epmd: bool | None = None) -> list[int]:
         """Live pids that belong to this node (for tests and for ``status``)."""
         info = self.read_state()
         if info is None:
             return []
-        found = []
-        for pid in _pids():
-            try:
-                environ = Path(f"/proc/{pid}/environ").read_bytes()
-            except OSError:
-                continue
-            if f"ERL_EPMD_PORT={info.epmd_port}\0".encode() in environ + b"\0" and pid_alive(pid):
-                found.append(pid)
-        return found
+        with_epmd = not self.shares_epmd if epmd is None else epmd
+        return [p for p in _pids() if self._owns(p, info, with_epmd) and pid_alive(p)]
+
+    def stop_epmd(self) -> None:
+        """Stop the epmd this node's port points at (a cluster's, once every member is stopped)."""
+        info = self.read_state()
+        if info is not None:
+            self._kill_leftovers(info, epmd=True)
 
 
 def _pids() -> list[int]:
