@@ -11,7 +11,7 @@ from celeryctl.errors import AccessRefusedError, UnreachableError
 
 if TYPE_CHECKING:
     from celeryctl.rabbitmq.ctl import Runner
-    from celeryctl.rabbitmq.node import NodeInfo
+    from celeryctl.rabbitmq.node import Node, NodeInfo
     from celeryctl.settings import Settings
 
 START_HINT = "start it (celeryctl broker start) or check --broker / CELERYCTL_BROKER_URL"
@@ -25,16 +25,28 @@ CREDENTIALS_HINT = "check the user, password and vhost in the broker URL (celery
 # --------------------------------------------------------------------------- celeryctl's own node
 
 
+def _own(settings: Settings, url: str | BrokerUrl) -> tuple[Node, NodeInfo] | None:
+    """celeryctl's first running node (member of its local cluster) that ``url`` points at."""
+    target = parse(url)
+    for node in settings.local_cluster().members:
+        info = node.running_info()
+        if info is not None and target.is_node(info):
+            return node, info
+    return None
+
+
 def own_node(settings: Settings, url: str | BrokerUrl) -> NodeInfo | None:
-    """celeryctl's running node when ``url`` points at it, else None."""
-    info = settings.local_node().running_info()
-    return info if parse(url).is_node(info) else None
+    """celeryctl's running node when ``url`` points at it (of a local cluster: the first running
+    member the URL list names), else None."""
+    found = _own(settings, url)
+    return found[1] if found else None
 
 
 def own_node_runner(settings: Settings, url: str | BrokerUrl, timeout: float = 10.0) -> Runner | None:
-    """A rabbitmqctl runner for celeryctl's node when ``url`` points at it, else None."""
-    info = own_node(settings, url)
-    return settings.local_node().runner(info, timeout=timeout) if info is not None else None
+    """A rabbitmqctl runner for celeryctl's node (a running member of its cluster) when ``url``
+    points at it, else None."""
+    found = _own(settings, url)
+    return found[0].runner(found[1], timeout=timeout) if found else None
 
 
 def own_management_url(settings: Settings, url: str | BrokerUrl) -> str | None:

@@ -225,6 +225,10 @@ class BrokerUrl:
         """The first URL of the list."""
         return self.urls[0]
 
+    def each(self) -> tuple[BrokerUrl, ...]:
+        """One single-host BrokerUrl per entry of a failover list, in order (itself when it has one)."""
+        return (self,) if len(self.urls) == 1 else tuple(BrokerUrl.parse(u) for u in self.urls)
+
     @property
     def host(self) -> str:
         return self.hosts[0].host
