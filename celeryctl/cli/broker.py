@@ -168,8 +168,13 @@ def _cluster_status(cluster: Cluster, json_: bool) -> None:
     if down:
         if not json_:
             view.show_cluster_status(st)
+        what = (
+            f"celeryctl's {len(st.members)}-node cluster in {cluster.data_dir} is not running"
+            if not st.running
+            else f"{len(st.running)} of {len(st.members)} cluster members run; down: {', '.join(down)}"
+        )
         raise UnreachableError(
-            f"{len(st.running)} of {len(st.members)} cluster members run; down: {', '.join(down)}",
+            what,
             "start them with: celeryctl broker start",
             details=doc,
         )
