@@ -171,6 +171,8 @@ class Node:
             "RABBITMQ_CONF_ENV_FILE": str(self.dir / "rabbitmq-env.conf"),
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
             "RABBITMQ_ALLOW_INPUT": "",
+            # A VM that fails to boot (a port taken) writes its crash dump here, not into the cwd.
+            "ERL_CRASH_DUMP": str(self.log_dir / "erl_crash.dump"),
         }
 
     def runner(self, info: NodeInfo | None = None, timeout: float = 60.0) -> Runner:

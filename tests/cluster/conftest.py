@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -93,7 +94,9 @@ class LocalCluster:
 
 def start_cluster(data_dir: Path, nodes: int = NODES) -> dict[str, Any]:
     """``celeryctl broker start --nodes N --json`` on free ports below 32768 (ports PORT..PORT+N-1)."""
-    port = pick_free_port([p for p in range(11000, 12700, 17) if all(port_is_free(p + i) for i in range(nodes))], set())
+    # In random order: two sessions at once (helpers, xdist workers) must not both take the first.
+    bases = random.sample(range(11000, 12700, 17), 100)
+    port = pick_free_port([p for p in bases if all(port_is_free(p + i) for i in range(nodes))], set())
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELERYCTL_")}
     proc = subprocess.run(
         [sys.executable, "-m", "celeryctl", "broker", "start", "--nodes", str(nodes), "--port", str(port), "--json"],
