@@ -92,6 +92,13 @@ def group_size(hosts: int) -> int | None:
     return hosts if hosts > 1 else None
 
 
+def dead_arguments(size: int | None) -> dict[str, Any] | None:
+    """The dead-letter queue's arguments: on a cluster (``size``) a replicated quorum queue too (a
+    classic queue lives on one member: when that member is down, no client can declare it, and a
+    worker could not subscribe again after a failover); else a plain classic queue."""
+    return {"x-queue-type": "quorum", "x-quorum-initial-group-size": size} if size else None
+
+
 def _channel_group_size(channel: Any) -> int | None:
     """:func:`group_size` for the hosts of the kombu connection behind ``channel``."""
     client = getattr(getattr(channel, "connection", None), "client", None)
@@ -151,9 +158,13 @@ def kombu_queue(name: str, pol: QueuePolicy) -> Any:
             args: dict[str, Any] | None = getattr(self, "queue_arguments", None)
             if size and args:  # the cluster behind this connection: replicated
                 self.queue_arguments = {**args, "x-quorum-initial-group-size": size}
-            Queue(dead_queue(self.name), durable=True, auto_delete=False, no_declare=False).bind(channel).declare(
-                nowait=nowait
-            )
+            Queue(
+                dead_queue(self.name),
+                durable=True,
+                auto_delete=False,
+                no_declare=False,
+                queue_arguments=dead_arguments(size),
+            ).bind(channel).declare(nowait=nowait)
             return super().declare(nowait=nowait, channel=channel)
 
     return AppQueue(
@@ -364,7 +375,7 @@ def _declare_one(conn: Any, name: str, pol: QueuePolicy, *, create: bool, size: 
                 raise
         if pol.quorum and create:
             channel.exchange_declare(EXCHANGE, "topic", durable=True)
-            channel.queue_declare(dead_queue(name), durable=True)
+            channel.queue_declare(dead_queue(name), durable=True, arguments=dead_arguments(size))
         # The queue exists (or is to be created): redeclaring it with the same arguments changes nothing.
         channel.queue_declare(name, durable=True, arguments=pol.arguments(name, size))
         if pol.quorum and create:
