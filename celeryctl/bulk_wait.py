@@ -20,6 +20,43 @@ if TYPE_CHECKING:
     from celery import Celery
 
 
+#: An rpc:// reply queue on a cluster is a quorum queue that RabbitMQ deletes this long after its
+#: last consumer left (a quorum queue cannot be auto-delete): time enough to fail over.
+REPLY_EXPIRES_MS = 120_000
+
+
+def replicate_replies(app: Celery) -> bool:
+    """On a cluster (a broker URL list), make the rpc:// reply queue a replicated quorum queue.
+
+    rpc://'s own reply queue is a classic queue on the member the client first connected to: when
+    that member dies, so does the queue, and every result a worker sends until the client
+    reconnected elsewhere is dropped (``submit --wait`` would wait for ever).  A quorum queue keeps
+    them on the surviving members.  Whether another backend or a single URL: nothing changes.
+    """
+    from celery.backends.rpc import RPCBackend
+
+    from celeryctl.broker import parse
+
+    backend = app.backend
+    if type(backend) is not RPCBackend or len(parse(str(app.conf.broker_url)).hosts) < 2:
+        return False
+
+    class ReplicatedReplies(RPCBackend):  # type: ignore[misc]
+        @property
+        def binding(self) -> Any:
+            return self.Queue(
+                self.oid,
+                self.exchange,
+                self.oid,
+                durable=True,
+                auto_delete=False,
+                queue_arguments={"x-queue-type": "quorum", "x-expires": REPLY_EXPIRES_MS},
+            )
+
+    app._backend = ReplicatedReplies(app=app)  # Celery's own setter: the app's backend from now on
+    return True
+
+
 def _rpc_consumer(app: Celery, first_id: str) -> Any:
     """The rpc:// backend's reply-queue consumer (started on the app's reply queue when it is not yet)."""
     from celery.backends.rpc import RPCBackend
@@ -29,6 +66,11 @@ def _rpc_consumer(app: Celery, first_id: str) -> Any:
         return None
     # Every task of the batch replies to the app's one reply queue (declared by send_many before
     # it published); consuming from it for one id consumes for all, with nothing kept per task.
+    # A replicated reply queue (a cluster: submit.replicate_replies) is read with acks, so that a
+    # reply in flight when the member dies is delivered again after the failover.
+    replicated = type(backend) is not RPCBackend
+    if replicated and backend.result_consumer._consumer is None:
+        backend.result_consumer.start(first_id, no_ack=False)
     backend.result_consumer.consume_from(first_id)
     consumer = getattr(backend.result_consumer, "_consumer", None)
     return consumer if consumer is not None and hasattr(consumer, "callbacks") else None
@@ -52,21 +94,34 @@ def _drain_rpc(
     """
     from celery.exceptions import TimeoutError as CeleryTimeout
 
-    def callback(body: Any, _message: Any) -> None:
+    results = app.backend.result_consumer
+
+    def callback(body: Any, message: Any) -> None:
         if isinstance(body, dict):
             on_message(body)
+        if not results._no_ack:
+            message.ack()
 
     previous = consumer.callbacks
     consumer.callbacks = [callback]
-    connection = app.backend.result_consumer._connection
     deadline = None if timeout is None else time.monotonic() + timeout
     next_tick = time.monotonic() + 0.1
     try:
         while waiting:
             try:
-                connection.drain_events(timeout=0.1)
+                # Celery 5.7+ reconnects here (to the next host of a URL list) and subscribes
+                # again with a new consumer, which then gets this callback.
+                results.drain_events(timeout=0.1)
             except TimeoutError:  # socket.timeout
                 pass
+            except RuntimeError as exc:  # Celery's "retry limit exceeded": no host of the list answered
+                raise UnreachableError(
+                    f"lost the broker while waiting and could not reconnect: {exc}",
+                    "the tasks stay queued or running; check the broker: celeryctl broker status",
+                ) from exc
+            if results._consumer is not None and results._consumer is not consumer:
+                consumer = results._consumer
+                consumer.callbacks = [callback]
             now = time.monotonic()
             if now >= next_tick:
                 on_interval()

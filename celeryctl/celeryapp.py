@@ -97,7 +97,59 @@ def load_app(
     app_backend = conf.result_backend
     if "result_backend" in explicit or not app_backend:
         conf.result_backend = settings.result_backend or DEFAULT_BACKEND
+    apply_client_defaults(app)
     return app
+
+
+# --------------------------------------------------------------------------- failover and RabbitMQ 4.x
+
+#: How a client moves to another member of a cluster by itself, given a ``;`` URL list: kombu
+#: tries the hosts in turn with no pause within one round of the list (a dead member costs one
+#: refused connect), and only between rounds (every host down) waits ``interval_start``, growing
+#: by ``interval_step`` up to ``interval_max`` seconds (kombu's own 2, 2 and 30 made a worker wait
+#: up to 30 s after a node came back).  The heartbeat finds a silent connection (a host lost,
+#: not a process killed: then the socket closes at once) dead after 2 x 10 s instead of 2 x 120.
+FAILOVER_DEFAULTS: dict[str, object] = {
+    "broker_failover_strategy": "round-robin",
+    "broker_heartbeat": 10,
+    "broker_connection_retry": True,
+}
+FAILOVER_TRANSPORT_OPTIONS: dict[str, float] = {"interval_start": 0, "interval_step": 0.5, "interval_max": 2}
+
+#: Settings under which Celery's own queues also work on RabbitMQ 4.x (4.3 refuses transient
+#: non-exclusive queues and global QoS by default): exclusive control (pidbox) and event queues
+#: (Celery 5.6+), per-consumer QoS when the worker's queues are quorum queues (Celery 5.5+).  Each
+#: is set only when the installed Celery knows it (``celery.app.defaults``).
+RABBITMQ4_SETTINGS: dict[str, object] = {
+    "control_queue_exclusive": True,
+    "event_queue_exclusive": True,
+    "worker_detect_quorum_queues": True,
+}
+
+
+def apply_client_defaults(app: Celery) -> dict[str, object]:
+    """Apply :data:`FAILOVER_DEFAULTS`, :data:`FAILOVER_TRANSPORT_OPTIONS` and
+    :data:`RABBITMQ4_SETTINGS` where the app keeps Celery's default; return what was set.
+
+    Called for every app celeryctl loads and by ``celeryctl.configure(app)``.
+    """
+    from celery.app.defaults import DEFAULTS
+
+    applied: dict[str, object] = {}
+    conf = app.conf
+    for key, value in {**FAILOVER_DEFAULTS, **RABBITMQ4_SETTINGS}.items():
+        if key not in DEFAULTS:  # a setting this Celery does not have
+            continue
+        if conf.get(key) == DEFAULTS[key] and conf.get(key) != value:
+            conf[key] = value
+            applied[key] = value
+    options = dict(conf.broker_transport_options or {})
+    for key, number in FAILOVER_TRANSPORT_OPTIONS.items():
+        if key not in options:
+            options[key] = number
+            applied[f"broker_transport_options.{key}"] = number
+    conf.broker_transport_options = options
+    return applied
 
 
 def explicit_keys(settings: Settings) -> frozenset[str]:

@@ -103,6 +103,10 @@ def prepare_client(app: Celery) -> None:
     conf.broker_connection_retry = False
     conf.broker_connection_max_retries = 0
     conf.task_publish_retry = False
+    from celeryctl.bulk_wait import replicate_replies
+
+    replicate_replies(app)
+
 
 
 def check_broker(app: Celery) -> None:

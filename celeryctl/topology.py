@@ -57,11 +57,14 @@ class QueuePolicy:
     def quorum(self) -> bool:
         return self.queue_type == "quorum"
 
-    def arguments(self, name: str) -> dict[str, Any] | None:
-        """The ``x-`` arguments of queue ``name`` (None: Celery's plain classic queue)."""
+    def arguments(self, name: str, group_size: int | None = None) -> dict[str, Any] | None:
+        """The ``x-`` arguments of queue ``name`` (None: Celery's plain classic queue); on a
+        cluster (``group_size``: :func:`group_size`) replicated on that many members."""
         if not self.quorum:
             return None
+        replicas = {"x-quorum-initial-group-size": group_size} if group_size else {}
         return {
+            **replicas,
             "x-queue-type": "quorum",
             "x-delivery-limit": self.max_deliveries - 1,
             "x-dead-letter-exchange": "",
@@ -76,6 +79,30 @@ class QueuePolicy:
             "max_deliveries": self.max_deliveries if self.quorum else None,
             "exchange": EXCHANGE if self.quorum else None,
         }
+
+
+def group_size(hosts: int) -> int | None:
+    """How many members a quorum queue gets on a broker reached through ``hosts`` URLs.
+
+    A URL list names the cluster's members (README "Scaling out"): every one of them holds a
+    replica, so the queue keeps its messages as long as a majority runs.  A single URL: unset,
+    RabbitMQ's own default.  RabbitMQ takes the smaller of this and the cluster's size, and refuses
+    a redeclaration with another value: every client of a queue must use the same list.
+    """
+    return hosts if hosts > 1 else None
+
+
+def dead_arguments(size: int | None) -> dict[str, Any] | None:
+    """The dead-letter queue's arguments: on a cluster (``size``) a replicated quorum queue too (a
+    classic queue lives on one member: when that member is down, no client can declare it, and a
+    worker could not subscribe again after a failover); else a plain classic queue."""
+    return {"x-queue-type": "quorum", "x-quorum-initial-group-size": size} if size else None
+
+
+def _channel_group_size(channel: Any) -> int | None:
+    """:func:`group_size` for the hosts of the kombu connection behind ``channel``."""
+    client = getattr(getattr(channel, "connection", None), "client", None)
+    return group_size(len(getattr(client, "alt", None) or ()))
 
 
 def dead_queue(name: str) -> str:
@@ -126,9 +153,18 @@ def kombu_queue(name: str, pol: QueuePolicy) -> Any:
         def declare(self, nowait: bool = False, channel: Any = None) -> Any:
             # Dead letters need somewhere to go before the first one exists (at-least-once
             # dead-lettering keeps a message in its queue until the target takes it).
-            Queue(dead_queue(self.name), durable=True, auto_delete=False, no_declare=False).bind(
-                channel or self.channel
-            ).declare(nowait=nowait)
+            channel = channel or self.channel
+            size = _channel_group_size(channel)
+            args: dict[str, Any] | None = getattr(self, "queue_arguments", None)
+            if size and args:  # the cluster behind this connection: replicated
+                self.queue_arguments = {**args, "x-quorum-initial-group-size": size}
+            Queue(
+                dead_queue(self.name),
+                durable=True,
+                auto_delete=False,
+                no_declare=False,
+                queue_arguments=dead_arguments(size),
+            ).bind(channel).declare(nowait=nowait)
             return super().declare(nowait=nowait, channel=channel)
 
     return AppQueue(
@@ -163,8 +199,11 @@ def configure(app: Celery, *, max_deliveries: int = DEFAULT_MAX_DELIVERIES, queu
     and every worker then declare the same queues: quorum, at most ``max_deliveries`` deliveries,
     dead letters in ``QUEUE.dead``.  Returns ``app``.
     """
+    from celeryctl.celeryapp import apply_client_defaults
+
     pol = QueuePolicy("quorum", check_max_deliveries(max_deliveries, "max_deliveries"))
     _apply(app, pol, queues)
+    apply_client_defaults(app)  # failover to another member of a cluster, RabbitMQ 4.x's rules
     return app
 
 
@@ -301,15 +340,16 @@ def declare(url: str | BrokerUrl, names: Iterable[str], pol: QueuePolicy) -> Non
     is one clear error (:class:`QueueMismatchError`, exit 3) instead of Celery's retry loop or
     traceback.  Exit 6/7 when the broker cannot be reached or refuses the login.
     """
-    from celeryctl.broker import close_quietly, connect
+    from celeryctl.broker import close_quietly, connect, parse
 
     names = list(names)
     if not names:
         return
+    size = group_size(len(parse(url).hosts))
     conn = connect(url)
     try:
         for name in names:
-            problem = _declare_one(conn, name, pol, create=True)
+            problem = _declare_one(conn, name, pol, create=True, size=size)
             if problem is not None:
                 raise mismatch_error(problem, pol)
     finally:
@@ -321,7 +361,7 @@ def check_existing(conn: Any, names: Iterable[str], pol: QueuePolicy) -> list[Mi
     return [m for name in names if (m := _declare_one(conn, name, pol, create=False)) is not None]
 
 
-def _declare_one(conn: Any, name: str, pol: QueuePolicy, *, create: bool) -> Mismatch | None:
+def _declare_one(conn: Any, name: str, pol: QueuePolicy, *, create: bool, size: int | None = None) -> Mismatch | None:
     import pika.exceptions
 
     channel = conn.channel()
@@ -335,14 +375,16 @@ def _declare_one(conn: Any, name: str, pol: QueuePolicy, *, create: bool) -> Mis
                 raise
         if pol.quorum and create:
             channel.exchange_declare(EXCHANGE, "topic", durable=True)
-            channel.queue_declare(dead_queue(name), durable=True)
+            channel.queue_declare(dead_queue(name), durable=True, arguments=dead_arguments(size))
         # The queue exists (or is to be created): redeclaring it with the same arguments changes nothing.
-        channel.queue_declare(name, durable=True, arguments=pol.arguments(name))
+        channel.queue_declare(name, durable=True, arguments=pol.arguments(name, size))
         if pol.quorum and create:
             channel.queue_bind(name, EXCHANGE, routing_key=name)
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code == 406:
             found = parse_mismatch(str(exc.reply_text))
+            if found is not None and not create and found.argument == "x-quorum-initial-group-size":
+                return None  # how many replicas it started with: a check of its shape need not ask
             if found is not None:
                 return found
         raise ConfigError(f"the broker refused to declare queue {name!r}: {exc.reply_text}") from None

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from celeryctl import topology, validate, worker_steps
-from celeryctl.broker import BrokerUrl, ensure_reachable, mask_url
+from celeryctl.broker import BrokerUrl, ensure_reachable, mask_url, own_node
 from celeryctl.celeryapp import require_backend, require_pool, run_celery, task_names
 from celeryctl.errors import ConfigError, TimeoutError_, UsageError, WorkerError
 from celeryctl.settings import Settings
@@ -332,7 +332,9 @@ def demo_session(settings: Settings, *, on_progress: Callable[[str], None] | Non
     node_started = False
     node = settings.local_node()
     state = node.read_state()
-    if BrokerUrl.parse(url).is_node(state) and node.running_info() is None:
+    # Started only when no member of celeryctl's cluster that the URL names runs (member 1 dead
+    # and member 2 running is a cluster that works).
+    if BrokerUrl.parse(url).is_node(state) and own_node(settings, url) is None:
         assert state is not None
         say("starting celeryctl's private RabbitMQ node")
         _info, node_started = node.start(state.port, on_progress=say)

@@ -50,6 +50,32 @@ def install(app: Celery, *, batching: bool, grace: float) -> None:
     consumer.add(term)
     if batching:
         consumer.add(batched)
+    _delayed_delivery_fails_over()
+
+
+def _delayed_delivery_fails_over() -> None:
+    """Make Celery's native delayed delivery step treat a ``;`` URL list as one broker.
+
+    Celery (5.5-5.7) sets the delay topology up once per URL of the list, each with 1 + 3 + 5 s of
+    retries: with one member of a cluster down, a worker that reconnects after a failover waits
+    ~15 s in that step before it consumes again.  The members of a list are one cluster (the
+    topology is cluster-wide), so one failover connection over the whole list is enough.
+    """
+    try:
+        from celery.worker.consumer.delayed_delivery import DelayedDelivery
+    except ImportError:  # a Celery without native delayed delivery
+        return
+    if getattr(DelayedDelivery, "_celeryctl_one_broker", False):
+        return
+    split = DelayedDelivery._validate_broker_urls
+
+    def one_broker(self: Any, broker_urls: Any) -> set[str]:
+        urls = split(self, broker_urls)
+        ordered = broker_urls.split(";") if isinstance(broker_urls, str) else list(broker_urls)
+        return {";".join(u for u in ordered if u in urls)} if len(urls) > 1 else urls
+
+    DelayedDelivery._validate_broker_urls = one_broker
+    DelayedDelivery._celeryctl_one_broker = True
 
 
 def _steps() -> list[type]:

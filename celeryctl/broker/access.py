@@ -78,48 +78,82 @@ def ensure_reachable(
     login: bool = True,
     suffix: str = "",
     hint: str = WAIT_HINT,
-) -> None:
+) -> BrokerUrl:
     """Raise exit 6 unless an AMQP server answers at ``url`` (retrying for ``wait`` seconds), and
-    with ``login`` exit 7 unless the URL's user may log in to its vhost.
+    with ``login`` exit 7 unless the URL's user may log in to its vhost; the broker that answered.
 
-    The handshake is raw AMQP (no pika import): a broker that is down fails in milliseconds.
-    ``suffix`` is added to the message (``; nothing was submitted``), ``hint`` replaces the hint
-    of an unreachable broker.
+    A failover list (``amqp://h1;amqp://h2``) is tried host by host, in order: the first that
+    answers (and accepts the login) is enough.  Only when every host fails is it an error, naming
+    each host and why (exit 7 when a login or vhost was refused).  The handshake is raw AMQP (no
+    pika import): a broker that is down fails in milliseconds.  ``suffix`` is added to the message
+    (``; nothing was submitted``), ``hint`` replaces the hint of an unreachable broker.
     """
     from celeryctl.probe import amqp_handshake, check_access
 
     target = parse(url)
     deadline = time.monotonic() + max(0.0, wait)
     while True:
-        shake = amqp_handshake(target.host, target.port, timeout=timeout)
-        if shake.ok or time.monotonic() >= deadline:
+        failures: list[tuple[BrokerUrl, str | None, str]] = []
+        for one in target.each():
+            shake = amqp_handshake(one.host, one.port, timeout=timeout)
+            if not shake.ok:
+                failures.append((one, shake.kind, str(shake.error)))
+                continue
+            if not login:
+                return one
+            report = check_access(one, timeout=timeout, check_permissions=False)
+            if report.ok:
+                return one
+            failures.append((one, report.kind, report.error or "login failed"))
+        refused = any(kind in ("auth", "vhost") for _one, kind, _e in failures)
+        if refused or time.monotonic() >= deadline:
             break
         time.sleep(min(0.5, max(0.05, deadline - time.monotonic())))
-    if not shake.ok:
-        raise UnreachableError(
-            f"cannot reach the broker at {target.masked}: {shake.error}{suffix}", hint, details={"kind": shake.kind}
+    raise _failed(target, failures, suffix, hint)
+
+
+def _failed(
+    target: BrokerUrl, failures: list[tuple[BrokerUrl, str | None, str]], suffix: str, hint: str
+) -> Exception:
+    """One error for a broker (or every host of a failover list) that failed: 7 when a login was
+    refused, else 6; each host is named with its own reason."""
+    refusal = next(((one, kind, e) for one, kind, e in failures if kind in ("auth", "vhost")), None)
+    if len(failures) == 1:
+        one, kind, error = failures[0]
+        if refusal is not None:
+            return access_error(one, kind, error, suffix=suffix)
+        return UnreachableError(f"cannot reach the broker at {one.masked}: {error}{suffix}", hint, details={"kind": kind})
+    hosts = [str(one.hosts[0]) for one, _k, _e in failures]
+    reasons = "; ".join(f"{host}: {error}" for host, (_one, _k, error) in zip(hosts, failures, strict=True))
+    details: dict[str, object] = {"kind": refusal[1] if refusal else failures[0][1], "hosts": hosts}
+    if refusal is not None:
+        return AccessRefusedError(
+            f"no broker of the list {target.masked} let the user in: {reasons}{suffix}", CREDENTIALS_HINT, details=details
         )
-    if not login:
-        return
-    report = check_access(target, timeout=timeout, check_permissions=False)
-    if not report.ok:
-        raise access_error(target, report.kind, report.error or "login failed", suffix=suffix)
+    return UnreachableError(
+        f"cannot reach any of the {len(hosts)} brokers of the list: {reasons}{suffix}", hint, details=details
+    )
 
 
 def connect(url: str | BrokerUrl, timeout: float = 3.0) -> Any:
-    """A pika ``BlockingConnection``; failures are exit 6 or 7 as in :func:`ensure_reachable`."""
+    """A pika ``BlockingConnection`` to the first host of ``url`` that answers (a failover list is
+    tried in order); failures are exit 6 or 7 as in :func:`ensure_reachable`."""
     import pika
     import pika.exceptions
 
     from celeryctl.probe import classify_pika_error
 
     target = parse(url)
-    params = target.pika_parameters(timeout)
-    try:
-        return pika.BlockingConnection(params)
-    except (pika.exceptions.AMQPError, OSError) as exc:
-        kind, message = classify_pika_error(exc, target.host, target.port, target.vhost, target.user)
-        raise access_error(target, kind, message) from None
+    failures: list[tuple[BrokerUrl, str | None, str]] = []
+    for one in target.each():
+        try:
+            return pika.BlockingConnection(one.pika_parameters(timeout))
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            kind, message = classify_pika_error(exc, one.host, one.port, one.vhost, one.user)
+            failures.append((one, kind, message))
+            if kind in ("auth", "vhost"):  # the same users on every member: another host refuses too
+                break
+    raise _failed(target, failures, "", START_HINT)
 
 
 def close_quietly(conn: Any) -> None:
