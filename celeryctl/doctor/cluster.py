@@ -111,7 +111,8 @@ def critical_members(queues: list[dict[str, Any]]) -> list[str]:
         if q.get("type") != "quorum":
             continue
         members, online = list(q.get("members") or []), list(q.get("online") or [])
-        if len(members) > 1 and len(online) - 1 < len(members) // 2 + 1:
+        majority = len(members) // 2 + 1
+        if len(members) > 1 and majority <= len(online) < majority + 1:  # already lost: nothing to warn of
             out.update(str(n) for n in online)
     return sorted(out)
 
@@ -240,6 +241,19 @@ def members_check(view: ClusterView, seconds: float | None = None) -> Check:
     return Check("cluster", OK, took, f"{running} member(s) running: {names}{via}", data=data)
 
 
+def unanswered(view: ClusterView) -> Check:
+    """Check "cluster members" when the running member did not answer ``cluster_status``."""
+    why = "; ".join(view.errors) or "no answer"
+    return Check(
+        "cluster",
+        WARN,
+        view.seconds,
+        f"celeryctl's cluster did not say who its members are: {why}",
+        "is the machine overloaded? celeryctl broker status shows each member",
+        {"asked": True, "source": view.source, "errors": view.errors},
+    )
+
+
 def quorum_check(view: ClusterView | None, vhost: str) -> Check:
     """Check "quorum queues": per quorum queue of the vhost its leader and members online (FAIL
     below a majority, WARN with one down); members whose stop would lose a quorum (WARN); durable
@@ -282,6 +296,9 @@ def quorum_check(view: ClusterView | None, vhost: str) -> Check:
     if degraded:
         status = WARN if status == OK else status
         problems.append("members down: " + ", ".join(_shown(r) for r in degraded))
+        if not lost:
+            down = sorted({n for r in degraded for n in r["down"]})
+            hints.append(f"start {', '.join(down)} (celeryctl broker start starts celeryctl's members)")
     if critical:
         status = WARN if status == OK else status
         problems.append(

@@ -20,7 +20,7 @@ from typing import Any
 from celeryctl.broker import BrokerUrl
 from celeryctl.doctor.app import AppResult, app_broker, app_may_name_its_broker, check_app, check_with_app
 from celeryctl.doctor.check import FAIL, OK, SKIP, TITLES, WARN, Check, skip
-from celeryctl.doctor.cluster import ClusterView, members_check, quorum_check, read_local_cluster
+from celeryctl.doctor.cluster import ClusterView, members_check, quorum_check, read_local_cluster, unanswered
 from celeryctl.doctor.compat import app_settings, check_compat
 from celeryctl.doctor.local_node import LocalResult, alarms_check, check_local_node
 from celeryctl.doctor.management import ManagementResult, check_management_api
@@ -139,7 +139,9 @@ def run_doctor(
     results["management"] = mgmt.check
     # The local cluster's members through rabbitmqctl when it is celeryctl's, else the API's view.
     view = local_view or mgmt.view
-    results["cluster"] = members_check(local_view) if local_view is not None and local_view.members else mgmt.cluster
+    results["cluster"] = mgmt.cluster
+    if local_view is not None:
+        results["cluster"] = members_check(local_view) if local_view.members else unanswered(local_view)
     results["quorum"] = quorum_check(view, target.vhost)
     if mgmt.alarms is None and local_view is not None and local_view.members:
         results["alarms"] = alarms_check(net, local, local_view.alarms, source="the cluster reports")
