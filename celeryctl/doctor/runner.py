@@ -196,7 +196,9 @@ def _with_app(app_result: AppResult, net: NetworkResult, target: BrokerUrl, sett
         return {name: skip(name, "the broker is not usable (see above)") for name in names}
     blocked = net.access is not None and net.access.kind == "blocked"
     timeout, ping_timeout = settings.doctor_timeout, settings.ping_timeout
-    out = check_with_app(app, target.url, app_result.queues, timeout, ping_timeout, publish=not blocked)
+    # Of a failover list, the node that answered (kombu's connect() tries only the first).
+    url = (net.live or target).url
+    out = check_with_app(app, url, app_result.queues, timeout, ping_timeout, publish=not blocked)
     perms = net.checks.get("permissions")
     if perms is not None and perms.status == FAIL:
         # Same cause as the permissions failure: do not report it twice.
