@@ -4,7 +4,7 @@ Two sources, one shape (:class:`ClusterView`): celeryctl's own local cluster thr
 on a running member (``cluster_status``, ``list_queues``, ``list_policies`` and, on every running
 member, ``rabbitmq-queues check_if_node_is_quorum_critical``: all at once, each call boots an
 Erlang VM, ~0.4 s), or the management API (``/api/nodes``, ``/api/queues/VHOST``,
-``/api/policies/VHOST``) for any other broker.  The checks (:func:`members_check`,
+``/api/policies/VHOST``; quorum-critical members computed from the queues) for any other broker.  The checks (:func:`members_check`,
 :func:`quorum_check`) are pure functions of the view.
 """
 
@@ -104,17 +104,19 @@ def read_local_cluster(settings: Settings, target: BrokerUrl, timeout: float) ->
     return view
 
 
-def critical_members(queues: list[dict[str, Any]]) -> list[str]:
-    """The members whose stop would take a quorum queue below a majority, from a queue list."""
-    out: set[str] = set()
+def critical_members(queues: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """From a queue list: each member whose stop would take quorum queues below a majority, and
+    those queues (the answer of check_if_node_is_quorum_critical, for these queues only)."""
+    out: dict[str, list[str]] = {}
     for q in queues:
         if q.get("type") != "quorum":
             continue
         members, online = list(q.get("members") or []), list(q.get("online") or [])
         majority = len(members) // 2 + 1
         if len(members) > 1 and majority <= len(online) < majority + 1:  # already lost: nothing to warn of
-            out.update(str(n) for n in online)
-    return sorted(out)
+            for node in online:
+                out.setdefault(str(node), []).append(str(q.get("name")))
+    return dict(sorted(out.items()))
 
 
 def _parallel(calls: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -190,6 +192,8 @@ def read_api_cluster(api: ManagementApi, vhost: str, nodes: list[dict[str, Any]]
         view.policies = _list(api.get(f"api/policies/{_quote(vhost)}"))
     except CeleryctlError as exc:
         view.errors.append(f"policies: {exc.message}")
+    if view.queues is not None:
+        view.critical = critical_members(view.queues)
     view.seconds = time.monotonic() - started
     return view
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from celeryctl.broker.url import build_amqp_url
+from celeryctl.doctor.cluster import ClusterView, critical_members, members_check, quorum_check
 from celeryctl.doctor.compat import AppSettings, compat_problems, ha_policy_names
 from tests.cluster.conftest import NODES, LocalCluster
 from tests.conftest import CliRun, wait_for
@@ -172,3 +173,37 @@ def test_a_mirroring_policy_fails_on_4x_and_warns_on_3x(server: str, status: str
     assert [p.status for p in problems] == [status]
     assert "policy ha-all mirrors classic queues (ha-mode)" in problems[0].message and server in problems[0].message
     assert "convert-queue QUEUE --to quorum" in problems[0].hint
+
+
+# --------------------------------------------------------------------------- the checks from a view (any source)
+
+
+def _view(online: list[str], *, classic: bool = False, partitions: list[str] | None = None) -> ClusterView:
+    """What the management API would say of a 3-node cluster with a quorum queue 'q'."""
+    nodes = ["rabbit@a", "rabbit@b", "rabbit@c"]
+    queues: list[dict[str, Any]] = [
+        {"name": "q", "type": "quorum", "durable": True, "leader": online[0], "members": nodes, "online": online}
+    ]
+    if classic:
+        queues.append({"name": "old", "type": "classic", "durable": True, "exclusive": False, "auto_delete": False})
+        queues.append({"name": "celeryev.x", "type": "classic", "durable": False, "auto_delete": True})
+    view = ClusterView("management API", [{"name": n, "running": n in online} for n in nodes], partitions or [])
+    view.queues = queues
+    view.critical = critical_members(queues)
+    return view
+
+
+def test_quorum_and_members_checks_from_a_view() -> None:
+    whole = quorum_check(_view(["rabbit@a", "rabbit@b", "rabbit@c"]), "/")
+    assert whole.status == "ok" and "'q' 3/3 online, leader rabbit@a" in whole.detail
+    one_down = quorum_check(_view(["rabbit@a", "rabbit@b"]), "/")
+    assert one_down.status == "warn" and one_down.data["critical"] == {"rabbit@a": ["q"], "rabbit@b": ["q"]}
+    assert "start rabbit@c" in (one_down.hint or "")
+    two_down = quorum_check(_view(["rabbit@a"]), "/")
+    assert two_down.status == "fail" and "quorum lost: 'q' 1/3 online, no leader" in two_down.detail
+    assert two_down.data["critical"] == {}  # already lost: no "would lose" warning
+    classic = quorum_check(_view(["rabbit@a", "rabbit@b", "rabbit@c"], classic=True), "/")
+    assert classic.status == "warn" and classic.data["classic"] == ["old"]  # Celery's transient queues are not named
+    assert classic.hint == "replicate it: celeryctl convert-queue old --to quorum"
+    assert members_check(_view(["rabbit@a", "rabbit@b"])).status == "warn"
+    assert members_check(_view(["rabbit@a"], partitions=["rabbit@c"])).status == "fail"
