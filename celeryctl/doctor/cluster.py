@@ -163,10 +163,10 @@ def _quorum_critical(runner: Runner) -> list[str]:
     except ValueError:
         doc = {}
     queues = doc.get("queues") if isinstance(doc, dict) else None
-    if not queues:
-        raise CeleryctlError(
-            f"rabbitmq-queues check_if_node_is_quorum_critical failed: {(result.stderr or result.stdout).strip()[:200]}"
-        )
+    if not queues:  # not the check's verdict: the tool itself failed
+        from celeryctl.rabbitmq.ctl import classify_failure
+
+        raise classify_failure(result, runner.node)
     return [f"{q.get('name')} (vhost {q.get('virtual_host')})" if isinstance(q, dict) else str(q) for q in queues]
 
 

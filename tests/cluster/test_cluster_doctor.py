@@ -105,6 +105,24 @@ def test_doctor_with_one_then_two_members_down(cli: CliRun, local_cluster: Local
         assert checks["cluster"]["status"] == "warn"
 
 
+def test_doctor_with_every_node_of_the_list_down_fails(cli: CliRun) -> None:
+    from celeryctl.rabbitmq.node import pick_free_port
+
+    used: set[int] = set()
+    ports = [pick_free_port([], used) for _ in range(2)]
+    used.update(ports)
+    url = ";".join(build_amqp_url("guest", "guest", "127.0.0.1", p, "/") for p in ports)
+    res = cli("doctor", "--json", "--broker", url)
+    assert res.returncode == 1 and "Traceback" not in res.output
+    checks = {c["name"]: c for c in res.json()["checks"]}
+    tcp = checks["tcp"]
+    assert tcp["status"] == "fail" and tcp["detail"].startswith(
+        "none of the 2 nodes of the URL list accepts connections"
+    )
+    assert [n["kind"] for n in tcp["data"]["nodes"]] == ["refused", "refused"]
+    assert checks["handshake"]["status"] == "skip" and checks["compat"]["status"] == "skip"
+
+
 def _leader(local_cluster: LocalCluster, member: int) -> str | None:
     rows = local_cluster.runner(member).json("list_queues", "-p", VHOST, "name", "leader", "--formatter", "json")
     return next((str(r["leader"]) for r in rows if r["name"] == QUEUE), None)
