@@ -96,12 +96,57 @@ def read_local_cluster(settings: Settings, target: BrokerUrl, timeout: float) ->
         for name in critical_members(view.queues):
             if name in running:
                 later[f"critical:{name}"] = lambda r=running[name]: _quorum_critical(r)
+        if any(not m["running"] for m in view.members):
+            # A quorum queue whose leader is down (and cannot elect one) is missing from list_queues.
+            later["definitions"] = lambda: first.run("export_definitions", "-", "--format", "json").json()
         more, errors = _parallel(later)
         view.errors += errors
         view.policies = _list(more.get("policies")) if "policies" in later else []
         view.critical = {k.partition(":")[2]: v for k, v in more.items() if k.startswith("critical:") and v}
+        view.queues += _leaderless(first, vhost, view.queues, more.get("definitions"), view.errors)
     view.seconds = time.monotonic() - started
     return view
+
+
+#: At most this many leaderless queues are asked for their members (one Erlang VM each).
+LEADERLESS_ASKED = 3
+
+
+def _leaderless(
+    runner: Runner, vhost: str, listed: list[dict[str, Any]], definitions: Any, errors: list[str]
+) -> list[dict[str, Any]]:
+    """The vhost's quorum queues that the definitions hold and ``list_queues`` does not show (no
+    leader), with their members and those online from ``rabbitmq-queues quorum_status``."""
+    if not isinstance(definitions, dict):
+        return []
+    shown = {str(q.get("name")) for q in listed}
+    missing = [
+        str(q.get("name"))
+        for q in _list(definitions.get("queues"))
+        if q.get("vhost") == vhost
+        and (q.get("arguments") or {}).get("x-queue-type") == "quorum"
+        and str(q.get("name")) not in shown
+    ]
+    asked = missing[:LEADERLESS_ASKED]
+    answers: dict[str, Any] = {}
+    if asked:
+        answers, failed = _parallel(
+            {
+                name: lambda n=name: runner.json("quorum_status", n, "-p", vhost, tool="rabbitmq-queues")
+                for name in asked
+            }
+        )
+        errors += failed
+    return [_from_quorum_status(name, answers.get(name)) for name in missing]
+
+
+def _from_quorum_status(name: str, status: Any) -> dict[str, Any]:
+    """A queue row from ``quorum_status`` (one entry per member: its Raft state, a list when down)."""
+    rows = _list(status)
+    online = [str(r.get("Node Name")) for r in rows if isinstance(r.get("Raft State"), str)]
+    leader = next((str(r.get("Node Name")) for r in rows if r.get("Raft State") == "leader"), None)
+    members = [str(r.get("Node Name")) for r in rows]  # [] when not asked: unknown
+    return {"name": name, "type": "quorum", "durable": True, "leader": leader, "members": members, "online": online}
 
 
 def critical_members(queues: list[dict[str, Any]]) -> dict[str, list[str]]:
@@ -327,7 +372,7 @@ def quorum_check(view: ClusterView | None, vhost: str) -> Check:
 def _quorum_row(q: dict[str, Any]) -> dict[str, Any]:
     members = [str(m) for m in q.get("members") or []]
     online = [str(m) for m in q.get("online") or []]
-    size = len(members) or 1
+    size = len(members)  # 0: unknown (a leaderless queue not asked)
     return {
         "name": str(q.get("name")),
         "leader": q.get("leader") or None,
@@ -339,5 +384,7 @@ def _quorum_row(q: dict[str, Any]) -> dict[str, Any]:
 
 
 def _shown(row: dict[str, Any]) -> str:
+    if not row["members"]:
+        return f"'{row['name']}' no leader, unavailable"
     leader = f", leader {row['leader']}" if row["leader"] and row["online"] >= row["majority"] else ", no leader"
     return f"'{row['name']}' {row['online']}/{row['members']} online{leader}"
