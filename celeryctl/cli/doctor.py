@@ -58,10 +58,15 @@ def doctor(
 ) -> None:
     """Check broker, credentials, permissions, app, result backend and workers; say what to fix.
 
-    Checks in order: settings, TCP, AMQP handshake, authentication, virtual host, permissions,
-    guest login (off loopback), management API, resource alarms, cluster members, Celery app, serializer (pickle), result backend,
-    workers, queue depths, queue types (as --queue-type declares them), dead letters, versions,
-    local node.
+    Checks in order: settings, TCP (every node of a ";" failover list: some down warns, all
+    down fails), AMQP handshake, authentication, virtual host, permissions, guest login (off
+    loopback), management API, resource alarms (per node), cluster members (celeryctl's local
+    cluster through rabbitmqctl, else the management API: members down, partitions), quorum
+    queues (of the URL's vhost: leader and members online, fail below a majority; members whose
+    stop would lose a quorum; classic queues on a cluster), Celery app, serializer (pickle),
+    result backend, workers, queue depths, queue types (as --queue-type declares them), dead
+    letters, versions, compatibility (RabbitMQ 4.x: mirroring policies, transient queues and
+    global QoS refused by 4.3, naming the versions and the setting), local node.
     Each is ok, warn, fail or skip (could not run because an earlier one failed).
     Exit 0 when nothing failed, 1 when something did (with --strict, a warning too).
     """

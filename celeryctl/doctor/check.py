@@ -19,6 +19,7 @@ TITLES: dict[str, str] = {
     "management": "management API",
     "alarms": "resource alarms",
     "cluster": "cluster members",
+    "quorum": "quorum queues",
     "app": "Celery app",
     "serializer": "serializer",
     "backend": "result backend",
@@ -27,6 +28,7 @@ TITLES: dict[str, str] = {
     "queue_types": "queue types",
     "dead_letters": "dead letters",
     "versions": "versions",
+    "compat": "compatibility",
     "local_node": "local node",
 }
 

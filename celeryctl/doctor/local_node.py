@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from celeryctl.broker import BrokerUrl
     from celeryctl.doctor.network import NetworkResult
     from celeryctl.rabbitmq.ctl import Runner
+    from celeryctl.rabbitmq.node import Node
     from celeryctl.settings import Settings
 
 Done = Callable[..., Check]
@@ -81,24 +82,44 @@ def _node_to_ask(
     from celeryctl.rabbitmq.node import Node
 
     node = Node(settings.data_dir / "node", bin_dir=bin_dir)
-    state = node.read_state()
-    if state is not None and state.port == target.port:
-        info = node.running_info()
-        if info is None:
-            return LocalResult(
-                done(
-                    FAIL,
-                    f"{tools}; celeryctl's node {state.name} ({node.dir}) is not running",
-                    "start it: celeryctl broker start",
-                    node=state.name,
-                    running=False,
-                    data_dir=str(node.dir),
+    # celeryctl's node, or the members of its local cluster that the URL (list) names, in order.
+    ports = {h.port for h in target.hosts}
+    named = [(m, st) for m in _members(settings, node) if (st := m.read_state()) is not None and st.port in ports]
+    if named:
+        for member, _state in named:
+            info = member.running_info()
+            if info is not None and len(named) > 1:
+                # The cluster check asks this member (cluster_status names every member's alarms):
+                # one Erlang VM fewer on doctor's clock.
+                return LocalResult(
+                    done(
+                        OK,
+                        f"{tools}; celeryctl's node {info.name} (pid {info.pid}) is running, "
+                        f"one of {len(named)} cluster members (see cluster members)",
+                        node=info.name,
+                        pid=info.pid,
+                        celeryctl_node=True,
+                        cluster=True,
+                        bin_dir=str(bin_dir),
+                    )
                 )
+            if info is not None:
+                return NodeToAsk(
+                    member.runner(info),
+                    f"celeryctl's node {info.name} (pid {info.pid})",
+                    {"node": info.name, "pid": info.pid, "celeryctl_node": True, "bin_dir": str(bin_dir)},
+                )
+        first, state = named[0]
+        what = f"celeryctl's node {state.name}" if len(named) == 1 else f"none of celeryctl's {len(named)} nodes"
+        return LocalResult(
+            done(
+                FAIL,
+                f"{tools}; {what} ({first.dir}) is not running" if len(named) == 1 else f"{tools}; {what} is running",
+                "start it: celeryctl broker start",
+                node=state.name,
+                running=False,
+                data_dir=str(first.dir),
             )
-        return NodeToAsk(
-            node.runner(info),
-            f"celeryctl's node {info.name} (pid {info.pid})",
-            {"node": info.name, "pid": info.pid, "celeryctl_node": True, "bin_dir": str(bin_dir)},
         )
     tcp_ready.wait(timeout + 1.0)
     if not (tcp_ok and tcp_ok[0]):
@@ -115,6 +136,14 @@ def _node_to_ask(
         f"node {settings.node or '(system default)'}",
         {"node": settings.node, "celeryctl_node": False, "bin_dir": str(bin_dir)},
     )
+
+
+def _members(settings: Settings, node: Node) -> list[Node]:
+    """celeryctl's local cluster's members (member 1 is ``node``'s directory)."""
+    try:
+        return settings.local_cluster().members
+    except CeleryctlError:
+        return [node]
 
 
 def _ask_alarms(
@@ -147,10 +176,14 @@ def _ask_alarms(
 
 
 def alarms_check(
-    net: NetworkResult | None, local: LocalResult | None, api_alarms: list[dict[str, Any]] | None = None
+    net: NetworkResult | None,
+    local: LocalResult | None,
+    api_alarms: list[dict[str, Any]] | None = None,
+    source: str = "the management API reports",
 ) -> Check:
-    """Check 7: a blocked connection fails; the management API's alarms per node (any broker)
-    and, on a local node, rabbitmq-diagnostics' are asked too."""
+    """Check 7: a blocked connection fails; the alarms per node of the management API (any
+    broker) or of a local cluster's ``cluster_status`` (``source`` says which) and, on a local
+    node, rabbitmq-diagnostics' are asked too."""
     access = net.access if net else None
     if access is None:
         return skip("alarms", "not connected to the broker")
@@ -167,7 +200,7 @@ def alarms_check(
         )
     if named_alarms:
         names = ", ".join(_alarm_name(a) for a in named_alarms)
-        who = "the management API reports" if api_alarms else "the node reports"
+        who = source if api_alarms else "the node reports"
         return Check(
             "alarms",
             FAIL,
@@ -180,7 +213,7 @@ def alarms_check(
         return skip("alarms", "not logged in")
     asked = local is not None and local.alarms is not None
     if api_alarms is not None:
-        detail = "no alarms (management API asked)"
+        detail = f"no alarms ({'management API' if 'API' in source else 'every member'} asked)"
     else:
         detail = "no alarms (node asked)" if asked else "connection not blocked"
         if local is not None and local.alarms_error:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celeryctl.doctor.check import FAIL, OK, WARN, Check, skip
+from celeryctl.doctor.cluster import ClusterView, members_check, read_api_cluster
 from celeryctl.errors import CeleryctlError, PermissionDeniedError
 from celeryctl.rabbitmq.api import OWN_NODE
 
@@ -35,6 +36,7 @@ class ManagementResult:
     check: Check  # "management"
     cluster: Check  # "cluster"
     alarms: list[dict[str, Any]] | None = None  # None: not asked through the API
+    view: ClusterView | None = None  # nodes, queues and policies through the API
 
 
 def check_management_api(settings: Settings, target: BrokerUrl, timeout: float) -> ManagementResult:
@@ -45,7 +47,9 @@ def check_management_api(settings: Settings, target: BrokerUrl, timeout: float) 
     try:
         api = resolve_api(settings, target, timeout=max(0.5, min(timeout, 3.0)))
     except CeleryctlError as exc:
-        return ManagementResult(_failed(exc, started, ""), skip("cluster", "no login for the management API (see above)"))
+        return ManagementResult(
+            _failed(exc, started, ""), skip("cluster", "no login for the management API (see above)")
+        )
     if api is None:
         return ManagementResult(
             Check("management", OK, 0.0, NOT_SET, data={"asked": False}),
@@ -54,15 +58,17 @@ def check_management_api(settings: Settings, target: BrokerUrl, timeout: float) 
     try:
         check = check_management(api, started)
         if check.status == FAIL and api.source == OWN_NODE:
-            not_asked = Check("cluster", OK, 0.0, "not asked: the management API refused the login", data={"asked": False})
+            not_asked = Check(
+                "cluster", OK, 0.0, "not asked: the management API refused the login", data={"asked": False}
+            )
             return ManagementResult(_own_node_refused(check), not_asked)
         if check.status == FAIL:
             return ManagementResult(check, skip("cluster", "the management API did not answer (see above)"))
-        cluster = check_cluster(api)
+        cluster, view = check_cluster(api, target.vhost)
         alarms = _alarms(api)
     finally:
         api.close()
-    return ManagementResult(check, cluster, alarms)
+    return ManagementResult(check, cluster, alarms, view)
 
 
 def check_management(api: ManagementApi, started: float | None = None) -> Check:
@@ -105,44 +111,21 @@ def check_management(api: ManagementApi, started: float | None = None) -> Check:
     return Check("management", OK, seconds, detail, data=data)
 
 
-def check_cluster(api: ManagementApi) -> Check:
-    """Every cluster member and whether it runs (``/api/nodes``): WARN for a member that is
-    down, FAIL for a network partition; the user needs the monitoring tag to see them."""
+def check_cluster(api: ManagementApi, vhost: str = "/") -> tuple[Check, ClusterView | None]:
+    """Every cluster member and whether it runs (``/api/nodes``), and the vhost's queues and
+    policies (:func:`read_api_cluster`); the user needs the monitoring tag to see the nodes."""
     started = time.monotonic()
     try:
         nodes = api.get("api/nodes", params={"columns": "name,running,partitions,mem_alarm,disk_free_alarm"}) or []
     except PermissionDeniedError as exc:
-        return Check("cluster", OK, time.monotonic() - started, f"not asked: {exc.message}", data={"asked": False})
+        return Check(
+            "cluster", OK, time.monotonic() - started, f"not asked: {exc.message}", data={"asked": False}
+        ), None
     except CeleryctlError as exc:
-        return Check("cluster", WARN, time.monotonic() - started, exc.message, exc.hint, {"asked": True})
-    members: list[dict[str, Any]] = [
-        {"name": str(n.get("name")), "running": bool(n.get("running"))} for n in nodes if isinstance(n, dict)
-    ]
-    down = [str(m["name"]) for m in members if not m["running"]]
-    partitions = sorted({str(p) for n in nodes if isinstance(n, dict) for p in n.get("partitions") or []})
-    data = {"asked": True, "members": members, "partitions": partitions}
-    seconds = time.monotonic() - started
-    running = len(members) - len(down)
-    if partitions:
-        return Check(
-            "cluster",
-            FAIL,
-            seconds,
-            f"network partition: {', '.join(partitions)} cut off",
-            "see RabbitMQ's partition handling (rabbitmq-diagnostics cluster_status on a member)",
-            data,
-        )
-    if down:
-        return Check(
-            "cluster",
-            WARN,
-            seconds,
-            f"{running} of {len(members)} member(s) running; not running: {', '.join(down)}",
-            "start the stopped member(s), or remove them: rabbitmqctl forget_cluster_node NODE",
-            data,
-        )
-    names = ", ".join(str(m["name"]) for m in members)
-    return Check("cluster", OK, seconds, f"{running} member(s) running: {names}", data=data)
+        return Check("cluster", WARN, time.monotonic() - started, exc.message, exc.hint, {"asked": True}), None
+    took = time.monotonic() - started
+    view = read_api_cluster(api, vhost, [n for n in nodes if isinstance(n, dict)])
+    return members_check(view, took), view
 
 
 def _alarms(api: ManagementApi) -> list[dict[str, Any]] | None:

@@ -63,15 +63,21 @@ class NetworkResult:
     blocked_seconds: float = 0.0
     server_version: str | None = None
     server_product: str | None = None
+    live: BrokerUrl | None = None  # the entry of a failover list that answered first (the checks' broker)
 
     def skip(self, names: tuple[str, ...], why: str) -> None:
         for name in names:
             self.checks[name] = skip(name, why)
 
     @property
+    def connected(self) -> bool:
+        """A node answered TCP and AMQP (TCP warns when some nodes of a failover list are down)."""
+        return self.checks["tcp"].status in (OK, WARN) and self.checks["handshake"].status == OK
+
+    @property
     def usable(self) -> bool:
         """Connected and logged in to the virtual host (permissions may still be missing)."""
-        return all(self.checks[n].status == OK for n in ("tcp", "handshake", "auth", "vhost"))
+        return self.connected and all(self.checks[n].status == OK for n in ("auth", "vhost"))
 
 
 def check_network(target: BrokerUrl, timeout: float, on_tcp: Callable[[bool], None] | None = None) -> NetworkResult:
@@ -81,9 +87,10 @@ def check_network(target: BrokerUrl, timeout: float, on_tcp: Callable[[bool], No
     handshake): the local-node check waits for that before it boots an Erlang VM to ask a node.
     """
     res = NetworkResult({})
-    budget = _tcp(res, target, timeout, on_tcp)
+    budget = _tcp_each(res, target, timeout, on_tcp) if len(target.hosts) > 1 else _tcp(res, target, timeout, on_tcp)
     if budget is None:
         return res
+    target = res.live or target
     # amqps: the TLS handshake is done by pika during the login
     if not target.tls and not _handshake(res, target, budget, timeout, on_tcp):
         return res
@@ -110,8 +117,65 @@ def _tcp(res: NetworkResult, target: BrokerUrl, timeout: float, on_tcp: Callable
     res.checks["tcp"] = Check(
         "tcp", OK, tcp.seconds, f"{where} accepts connections ({tcp.address})", data={"address": tcp.address}
     )
+    res.live = target
     # TCP and handshake share the timeout: a port that never answers costs `timeout`, no more.
     return max(0.2, timeout - tcp.seconds)
+
+
+def _tcp_each(
+    res: NetworkResult, target: BrokerUrl, timeout: float, on_tcp: Callable[[bool], None] | None
+) -> float | None:
+    """Check 2 for a failover list: every node at once.  Some down is a warning (the clients fail
+    over to the others), all down a failure; the first that answers is the one checked further."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from celeryctl.probe import tcp_connect
+
+    entries = target.each()
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=len(entries), thread_name_prefix="doctor-tcp") as pool:
+        answers = list(pool.map(lambda e: tcp_connect(e.host, e.port, timeout), entries))
+    seconds = time.monotonic() - started
+    nodes = [
+        {"host": e.host, "port": e.port, "ok": a.ok, "address": a.address, "error": a.error, "kind": a.kind}
+        for e, a in zip(entries, answers, strict=True)
+    ]
+    up = [e for e, a in zip(entries, answers, strict=True) if a.ok]
+    down = [f"{e.host}:{e.port} ({a.kind or 'down'})" for e, a in zip(entries, answers, strict=True) if not a.ok]
+    data: dict[str, Any] = {"nodes": nodes}
+    if not up:
+        if on_tcp is not None:
+            on_tcp(False)
+        res.checks["tcp"] = Check(
+            "tcp",
+            FAIL,
+            seconds,
+            f"none of the {len(entries)} nodes of the URL list accepts connections: {', '.join(down)}",
+            BROKER_HINT + " (celeryctl broker start starts celeryctl's members that are down)",
+            data,
+        )
+        res.skip(("handshake", "auth", "vhost", "permissions"), "no node of the URL list accepts TCP")
+        return None
+    res.live = up[0]
+    data["checked"] = f"{up[0].host}:{up[0].port}"
+    if target.tls and on_tcp is not None:
+        on_tcp(True)
+    if down:
+        res.checks["tcp"] = Check(
+            "tcp",
+            WARN,
+            seconds,
+            f"{len(up)} of {len(entries)} nodes accept connections; down: {', '.join(down)} "
+            f"(clients fail over to the others; checking {data['checked']})",
+            "start the node(s) that are down (celeryctl broker start starts celeryctl's members)",
+            data,
+        )
+    else:
+        shown = ", ".join(f"{e.host}:{e.port}" for e in entries)
+        res.checks["tcp"] = Check(
+            "tcp", OK, seconds, f"all {len(entries)} nodes accept connections: {shown}", data=data
+        )
+    return max(0.2, timeout - seconds)
 
 
 def _handshake(

@@ -20,6 +20,8 @@ from typing import Any
 from celeryctl.broker import BrokerUrl
 from celeryctl.doctor.app import AppResult, app_broker, app_may_name_its_broker, check_app, check_with_app
 from celeryctl.doctor.check import FAIL, OK, SKIP, TITLES, WARN, Check, skip
+from celeryctl.doctor.cluster import ClusterView, members_check, quorum_check, read_local_cluster, unanswered
+from celeryctl.doctor.compat import app_settings, check_compat
 from celeryctl.doctor.local_node import LocalResult, alarms_check, check_local_node
 from celeryctl.doctor.management import ManagementResult, check_management_api
 from celeryctl.doctor.network import NetworkResult, check_network, check_settings
@@ -99,13 +101,17 @@ def run_doctor(
                 results[name] = skip(name, "the settings do not resolve")
         results["versions"] = check_versions(None, None)
         return _report(results, started, None)
-    pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="doctor")
+    pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="doctor")
     try:
         app_future: Future[AppResult] = pool.submit(check_app, settings)
         target, local_check = _decide_broker(pool, settings, settings_check, target, app_future, say)
         # A few HTTP requests: beside the network checks, never after them.
         mgmt_future: Future[ManagementResult] = pool.submit(
             check_management_api, settings, target, settings.doctor_timeout
+        )
+        # celeryctl's local cluster: rabbitmqctl calls on its members, all at once, beside them too.
+        cluster_future: Future[ClusterView | None] = pool.submit(
+            read_local_cluster, settings, target, settings.doctor_timeout
         )
         say(f"checking the broker at {target.masked}")
         try:
@@ -126,16 +132,36 @@ def run_doctor(
         say("asking the local node")
         local = local_check.future.result()
         mgmt = mgmt_future.result()
+        local_view = cluster_future.result()
     finally:
         pool.shutdown(wait=True)
     results["local_node"] = local.check
     results["management"] = mgmt.check
+    # The local cluster's members through rabbitmqctl when it is celeryctl's, else the API's view.
+    view = local_view or mgmt.view
     results["cluster"] = mgmt.cluster
-    results["alarms"] = alarms_check(net, local if target.on_this_machine else None, mgmt.alarms)
-    if results["tcp"].status != OK or results["handshake"].status != OK:
+    if local_view is not None:
+        results["cluster"] = members_check(local_view) if local_view.members else unanswered(local_view)
+    results["quorum"] = quorum_check(view, target.vhost)
+    if mgmt.alarms is None and local_view is not None and local_view.members:
+        results["alarms"] = alarms_check(net, local, local_view.alarms, source="the cluster reports")
+    else:
+        results["alarms"] = alarms_check(net, local if target.on_this_machine else None, mgmt.alarms)
+    if not net.connected:
         results["alarms"] = skip("alarms", "not connected to the broker")
     results["versions"] = check_versions(net.server_product, net.server_version)
+    results["compat"] = _compat(app_result, results, net, view)
     return _report(results, started, target.masked)
+
+
+def _compat(app_result: AppResult, results: dict[str, Check], net: NetworkResult, view: ClusterView | None) -> Check:
+    """Compatibility, from the server's version, the app's settings and the vhost's policies."""
+    if net.server_version is None:
+        return skip("compat", "the server's version is not known (not connected)")
+    app = app_result.app
+    quorum = results.get("queue_types", skip("queue_types", "")).data.get("queue_type") == "quorum"
+    settings = app_settings(app, quorum) if app is not None else None
+    return check_compat(net.server_version, settings, view.policies if view else None, view.source if view else None)
 
 
 def _decide_broker(
@@ -170,7 +196,9 @@ def _with_app(app_result: AppResult, net: NetworkResult, target: BrokerUrl, sett
         return {name: skip(name, "the broker is not usable (see above)") for name in names}
     blocked = net.access is not None and net.access.kind == "blocked"
     timeout, ping_timeout = settings.doctor_timeout, settings.ping_timeout
-    out = check_with_app(app, target.url, app_result.queues, timeout, ping_timeout, publish=not blocked)
+    # Of a failover list, the node that answered (kombu's connect() tries only the first).
+    url = (net.live or target).url
+    out = check_with_app(app, url, app_result.queues, timeout, ping_timeout, publish=not blocked)
     perms = net.checks.get("permissions")
     if perms is not None and perms.status == FAIL:
         # Same cause as the permissions failure: do not report it twice.
@@ -181,9 +209,9 @@ def _with_app(app_result: AppResult, net: NetworkResult, target: BrokerUrl, sett
 
 
 def _guest(net: NetworkResult, target: BrokerUrl, settings: Settings) -> Check:
-    if net.checks["tcp"].status != OK or net.checks["handshake"].status != OK:
+    if not net.connected:
         return skip("guest", "not connected to the broker")
-    return check_guest(target, min(settings.doctor_timeout, 2.0))
+    return check_guest(net.live or target, min(settings.doctor_timeout, 2.0))
 
 
 def _queue_shape(app_result: AppResult, net: NetworkResult, target: BrokerUrl, settings: Settings) -> dict[str, Check]:
@@ -196,7 +224,7 @@ def _queue_shape(app_result: AppResult, net: NetworkResult, target: BrokerUrl, s
     perms = net.checks.get("permissions")
     if perms is not None and perms.status == FAIL:
         return {name: skip(name, "missing permissions (see above)") for name in names}
-    return check_queue_shape(app_result.app, target, settings)
+    return check_queue_shape(app_result.app, net.live or target, settings)
 
 
 def _report(results: dict[str, Check], started: float, broker: str | None) -> DoctorReport:

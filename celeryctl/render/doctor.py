@@ -64,6 +64,18 @@ def details(name: str, data: dict[str, Any]) -> list[str]:
         if isinstance(value, list) and key == "notes":
             lines.extend(f"note: {v}" for v in value)
             continue
+        if isinstance(value, list) and (key, name) in (("nodes", "tcp"), ("queues", "quorum")):
+            lines.extend(_row(name, v) for v in value if isinstance(v, dict))
+            continue
         text = value if isinstance(value, str) else json.dumps(value, default=str)
         lines.append(f"{key}: {text}")
     return lines
+
+
+def _row(name: str, row: dict[str, Any]) -> str:
+    """-v: one line per node of a failover list, or per quorum queue."""
+    if name == "tcp":
+        state = "accepts connections" if row.get("ok") else f"down ({row.get('error') or row.get('kind')})"
+        return f"node {row.get('host')}:{row.get('port')}: {state}"
+    down = f"; down: {', '.join(row['down'])}" if row.get("down") else ""
+    return f"queue {row.get('name')}: {row.get('online')}/{row.get('members')} online, leader {row.get('leader')}{down}"
