@@ -207,9 +207,9 @@ def verify(url: str, request: Request, timeout: float = 5.0) -> Verification:
     return Verification(True, what, expected, doc)
 
 
-# A login that never happened for one of these reasons means the node could not be reached;
-# "auth", "vhost" and "permissions" are refusals by a node that answered.
-_REFUSALS = ("auth", "vhost", "permissions")
+# Refusals by a node that answered; any other failure (refused or lost connection, timeout, an
+# unknown host, a node that died after the login) means the node could not be reached.
+_REFUSALS = ("auth", "vhost", "permissions", "blocked")
 
 
 @dataclass
@@ -233,8 +233,7 @@ class NodeCheck:
 
     @property
     def unreachable(self) -> bool:
-        report = self.verification.report or {}
-        return not self.ok and report.get("server") is None and report.get("kind") not in _REFUSALS
+        return not self.ok and (self.verification.report or {}).get("kind") not in _REFUSALS
 
     @property
     def status(self) -> str:

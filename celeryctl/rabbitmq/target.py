@@ -188,8 +188,8 @@ def _api_target(
 ) -> Target:
     from celeryctl.rabbitmq.api import resolve_api
 
-    # The API's login falls back to the broker URL's credentials: --broker's when given.
-    api = resolve_api(settings, broker.raw if broker is not None else settings.broker_url, password=api_password)
+    # --broker names hosts only: the API's login is never taken from it (no password in argv).
+    api = resolve_api(settings, settings.broker_url, password=api_password)
     if api is None:  # pragma: no cover - management_url is set, so resolve_api finds it
         raise UsageError("no management URL is set", "give --api URL")
     if broker is not None:

@@ -13,23 +13,41 @@ import pytest
 
 from celeryctl.broker import build_amqp_url, url_password
 from celeryctl.errors import CeleryctlError
+from celeryctl.rabbitmq.ctl import Runner
+from celeryctl.rabbitmq.node import pick_free_port
 from celeryctl.settings import read_config_file
 from tests.cluster.conftest import LocalCluster
-from tests.conftest import CliRun
+from tests.conftest import CliRun, RabbitNode
 from tests.faults.test_security import CmdlineScanner
 
 
-@pytest.fixture
-def account(local_cluster: LocalCluster) -> Iterator[tuple[str, str, str]]:
-    """A fresh user, vhost and password; deleted (cluster-wide) after the test."""
-    user, vhost, password = f"cu-{uuid.uuid4().hex[:8]}", f"cv-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-    yield user, vhost, password
-    runner = local_cluster.runner(1)
+def new_account() -> tuple[str, str, str]:
+    return f"cu-{uuid.uuid4().hex[:8]}", f"cv-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+
+
+def remove(runner: Runner, user: str, vhost: str) -> None:
+    """Delete the test's user and vhost (cluster-wide), whatever the test got to."""
     for args in (("delete_user", user), ("delete_vhost", vhost)):
         try:
             runner.run(*args)
         except CeleryctlError:
             pass  # never created: the test failed before
+
+
+@pytest.fixture
+def account(local_cluster: LocalCluster) -> Iterator[tuple[str, str, str]]:
+    """A fresh user, vhost and password on the cluster; deleted after the test."""
+    found = new_account()
+    yield found
+    remove(local_cluster.runner(1), *found[:2])
+
+
+@pytest.fixture
+def api_account(mgmt_rabbit: RabbitNode) -> Iterator[tuple[str, str, str]]:
+    """The same on the management node."""
+    found = new_account()
+    yield found
+    remove(mgmt_rabbit.node.runner(), *found[:2])
 
 
 def login(host: str, port: int, user: str, password: str, vhost: str) -> None:
@@ -50,11 +68,9 @@ def test_setup_broker_on_the_local_cluster(
     ports = [info.port for info in local_cluster.infos]
     args = ("setup-broker", "--user", user, "--vhost", vhost, "--json")
 
-    # One run (the local cluster is the default broker), the password never in any argv.
-    with CmdlineScanner(password) as scanner:
-        done = cli(*args, "--password-stdin", env=local_cluster.env, input=password + "\n")
+    # One run (the local cluster is the default broker).
+    done = cli(*args, "--password-stdin", env=local_cluster.env, input=password + "\n")
     assert done.returncode == 0, done.output
-    assert not scanner.leaks and scanner.rounds > 0
     assert password not in done.output and "Traceback" not in done.output
     doc = done.json()
     assert doc["changed"] is True and doc["via"] == "rabbitmqctl" and doc["verification"]["ok"] is True
@@ -79,8 +95,8 @@ def test_setup_broker_on_the_local_cluster(
     assert all(n["ok"] for n in doc["nodes"]) and config.stat().st_mtime_ns == written
 
     first = local_cluster.infos[0]
-    with local_cluster.down(1):
-        # Member 1 down: provisioned through another member; member 1 named as unreachable (exit 6).
+    with local_cluster.down(1, kill=True):
+        # Member 1 killed: provisioned through another member; member 1 named as unreachable (exit 6).
         down = cli(*args, "--rotate-password", env=local_cluster.env)
         assert down.returncode == 6, down.output
         assert "Traceback" not in down.output
@@ -112,3 +128,33 @@ def test_setup_broker_on_the_local_cluster(
         assert new_password not in listed.output
     # Back in the cluster, member 1 has the new password too.
     login("127.0.0.1", first.port, user, new_password, vhost)
+
+
+def test_a_url_list_through_the_management_api(
+    cli: CliRun, mgmt_rabbit: RabbitNode, api_account: tuple[str, str, str], tmp_path: Path
+) -> None:
+    """--broker with a list and --api: the login is verified on every host of the list."""
+    user, vhost, password = api_account
+    port, dead = mgmt_rabbit.port, pick_free_port([], {mgmt_rabbit.port})
+    env = {"CELERYCTL_MANAGEMENT_URL": mgmt_rabbit.management_url.replace("http://", "http://guest:guest@")}
+    args = ("setup-broker", "--user", user, "--vhost", vhost, "--json", "--password-env", "NEW_PW")
+    hosts = f"amqp://127.0.0.1:{port};amqp://localhost:{port}"
+    with CmdlineScanner(password) as scanner:  # no password in any process's argv meanwhile
+        done = cli(*args, "--broker", hosts, env={**env, "NEW_PW": password})
+    assert not scanner.leaks and scanner.rounds > 0
+    assert done.returncode == 0, done.output
+    doc = done.json()
+    assert doc["via"] == "api" and [n["address"] for n in doc["nodes"] if n["ok"]] == [
+        f"127.0.0.1:{port}",
+        f"localhost:{port}",
+    ]
+    saved = read_config_file(tmp_path / "work" / "celeryctl.toml")[0]["broker_url"]
+    assert saved == ";".join(build_amqp_url(user, password, h, port, vhost) for h in ("127.0.0.1", "localhost"))
+
+    # A host of the list that does not answer: named, exit 6; the others verified.
+    partial = cli(*args, "--broker", f"{hosts};amqp://127.0.0.1:{dead}", env={**env, "NEW_PW": password})
+    assert partial.returncode == 6, partial.output
+    details = json.loads(partial.stdout)["error"]["details"]
+    assert details["changed"] is False and details["unreachable"] == [f"127.0.0.1:{dead}"]
+    assert [n["status"] for n in details["nodes"]] == ["ok", "ok", "unreachable"]
+    assert password not in partial.output
