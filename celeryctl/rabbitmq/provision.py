@@ -328,13 +328,13 @@ def _nodes_unreachable(result: SetupResult, target: Target, on_unsaved: Callable
     if result.saved_to is None:
         _keep_password(result, on_unsaved)
     names = ", ".join(c.address + (f" ({c.node})" if c.node else "") for c in down)
+    why = f": {down[0].verification.reason}" if len(down) == 1 else ""
     done = "set up" if result.changed else "already set up"
-    saved = f"; the URL listing every node is saved in {result.saved_to}" if result.saved_to else ""
+    saved = f", the URL listing every node saved in {result.saved_to}" if result.saved_to else ""
     return UnreachableError(
-        f"the broker is {done} through {target.description} and the login verified on "
-        f"{len(result.nodes) - len(down)} of {len(result.nodes)} nodes{saved}, but "
-        f"{'this node is' if len(down) == 1 else 'these nodes are'} unreachable: {names} "
-        "(users, vhosts and permissions are cluster-wide: a member gets them when it rejoins)",
+        f"{names} {'is' if len(down) == 1 else 'are'} unreachable{why}; the rest succeeded: {done} through "
+        f"{target.description}, the login verified on {len(result.nodes) - len(down)} of {len(result.nodes)} "
+        f"nodes{saved} (users, vhosts and permissions are cluster-wide: a member gets them when it rejoins)",
         "start it (celeryctl broker start for celeryctl's cluster), then run the same command again "
         "to verify the login there",
         code="nodes_unreachable",

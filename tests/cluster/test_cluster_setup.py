@@ -124,7 +124,7 @@ def test_setup_broker_on_the_local_cluster(
         )
         assert listed.returncode == 6, listed.output
         assert "nothing to change" in listed.stdout and "Traceback" not in listed.output
-        assert f"unreachable: 127.0.0.1:{first.port} ({first.name})" in listed.stderr
+        assert f"127.0.0.1:{first.port} ({first.name}) is unreachable" in listed.stderr
         assert new_password not in listed.output
     # Back in the cluster, member 1 has the new password too.
     login("127.0.0.1", first.port, user, new_password, vhost)
