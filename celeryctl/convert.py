@@ -275,13 +275,10 @@ def _channel_error(exc: Any, doing: str) -> CeleryctlError:
     code, text = getattr(exc, "reply_code", None), getattr(exc, "reply_text", str(exc))
     if code == 403:
         return AccessRefusedError(
-            f"not allowed to {doing}: {text}",
-            "the broker user needs configure, write and read permission on the queues",
+            f"not allowed to {doing}: {text}", "the broker user needs configure, write and read permission on the queues"
         )
     if code == 405:
-        return QueueBusyError(
-            f"cannot {doing}: {text}", "an exclusive queue belongs to the connection that declared it"
-        )
+        return QueueBusyError(f"cannot {doing}: {text}", "an exclusive queue belongs to the connection that declared it")
     return CeleryctlError(f"the broker refused to {doing}: {text}")
 
 
@@ -491,9 +488,7 @@ def _apply(
     recreate = result.from_arguments is not None and not _same(result.from_arguments, result.to_arguments)
     if recreate:
         _declare_holding(conn, holding)
-        result.moved_out = _drain_into(
-            conn, queue, holding, str(result.from_type), depth.ready or 0, "out", report, window
-        )
+        result.moved_out = _drain_into(conn, queue, holding, str(result.from_type), depth.ready or 0, "out", report, window)
     if recreate or not depth.exists:
         topology.declare(target, [queue], pol)
     if recreate or result.resumed:

@@ -242,9 +242,7 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], list[str]]:
             )
         values[key] = value
     warnings: list[str] = []
-    holds_secret = any(
-        url_password(v) for k, v in values.items() if k in ("broker_url", "management_url", "result_backend")
-    )
+    holds_secret = any(url_password(v) for k, v in values.items() if k in ("broker_url", "management_url", "result_backend"))
     try:
         mode = path.stat().st_mode
     except OSError:
@@ -354,11 +352,7 @@ def _convert_queue_setting(key: Key, value: Any, source: str) -> Any:
         if source.startswith("flag"):
             raise
         example = {"queue_type": '"quorum"', "max_deliveries": "5"}[key.name]
-        hint = (
-            f"for example {key.name} = {example}"
-            if source.startswith("file")
-            else f"for example {key.env}={example.strip(chr(34))}"
-        )
+        hint = f"for example {key.name} = {example}" if source.startswith("file") else f"for example {key.env}={example.strip(chr(34))}"
         raise ConfigError(exc.message, hint, details={"key": key.name}) from None
 
 

@@ -480,3 +480,4 @@ class TopSession:
             self.app.control.enable_events()
         except _broker_errors():
             pass  # best effort: heartbeats still arrive, and the events loop reports a lost broker
+

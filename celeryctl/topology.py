@@ -91,9 +91,7 @@ def check_queue_type(value: str, what: str = "--queue-type") -> str:
     """``quorum`` or ``classic`` (any case); anything else is a usage error naming ``what``."""
     text = str(value).strip().lower()
     if text not in QUEUE_TYPES:
-        raise UsageError(
-            f"{what} must be quorum or classic, got {value!r}", "for example --queue-type classic (README: Reliability)"
-        )
+        raise UsageError(f"{what} must be quorum or classic, got {value!r}", "for example --queue-type classic (README: Reliability)")
     return text
 
 
@@ -271,7 +269,7 @@ def mismatch_error(mismatch: Mismatch, pol: QueuePolicy) -> QueueMismatchError:
         other = "quorum" if current == "quorum" else "classic"
         hint = (
             f"convert it (no worker may consume it): celeryctl convert-queue {name} --to {pol.queue_type}; "
-            f'or keep it {other}: --queue-type {other} (queue_type = "{other}" in celeryctl.toml)'
+            f"or keep it {other}: --queue-type {other} (queue_type = \"{other}\" in celeryctl.toml)"
         )
         message = (
             f"queue {name!r} already exists as a {current} queue, and RabbitMQ refuses to redeclare it "

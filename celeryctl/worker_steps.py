@@ -189,9 +189,7 @@ def _build() -> list[type]:  # noqa: C901 - three small classes that need Celery
                 state.should_stop = 0
             elif time.monotonic() >= self.deadline:
                 names = ", ".join(sorted({r.name for r in state.active_requests}))
-                logger.warning(
-                    "grace over: re-queuing %d task(s) still running (%s)", len(state.active_requests), names
-                )
+                logger.warning("grace over: re-queuing %d task(s) still running (%s)", len(state.active_requests), names)
                 c.cancel_active_requests()
                 c.controller.exitcode = 0
                 state.should_terminate = 0

@@ -156,15 +156,7 @@ def is_internal_queue(name: str) -> bool:
 
 
 #: The columns rabbitmqctl and the management API both name the same way.
-QUEUE_COLUMNS = (
-    "name",
-    "messages_ready",
-    "messages_unacknowledged",
-    "consumers",
-    "durable",
-    "auto_delete",
-    "exclusive",
-)
+QUEUE_COLUMNS = ("name", "messages_ready", "messages_unacknowledged", "consumers", "durable", "auto_delete", "exclusive")
 
 
 def queues_via_ctl(runner: Runner, vhost: str, *, include_internal: bool = False) -> list[QueueDepth]:

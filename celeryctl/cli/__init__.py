@@ -27,7 +27,6 @@ except ImportError:  # pragma: no cover - older typer uses click itself
         class NoArgsIsHelpError(ClickException):  # type: ignore[no-redef]
             pass
 
-
 app = typer.Typer(
     name="celeryctl",
     no_args_is_help=True,
@@ -155,9 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         hint = f"see {ctx.command_path if ctx is not None else 'celeryctl'} --help"
         if as_json:
             render.emit_json(
-                render.error_doc(
-                    {"code": "usage", "message": exc.format_message(), "hint": hint, "exit_code": exc.exit_code}
-                )
+                render.error_doc({"code": "usage", "message": exc.format_message(), "hint": hint, "exit_code": exc.exit_code})
             )
         else:
             render.print_error(exc.format_message(), hint)

@@ -67,7 +67,9 @@ def convert_queue(
     from celeryctl import topology
     from celeryctl.celeryapp import resolve_broker
 
-    settings = resolve(broker_url=broker, app=app_spec, data_dir=data_dir, queue_type=to, max_deliveries=max_deliveries)
+    settings = resolve(
+        broker_url=broker, app=app_spec, data_dir=data_dir, queue_type=to, max_deliveries=max_deliveries
+    )
     url = resolve_broker(settings)
     with _progress(queue, quiet=json_ or dry_run) as on_progress:
         result = core.convert(url, queue, topology.policy(settings), dry_run=dry_run, on_progress=on_progress)

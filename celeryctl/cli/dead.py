@@ -69,7 +69,8 @@ QueuesOpt = Annotated[
         "-Q",
         parser=parse_queue_name,
         metavar="QUEUE",
-        help="An app queue (or its QUEUE.dead) whose dead-letter queue to read; repeat it. Default: the app's queues.",
+        help="An app queue (or its QUEUE.dead) whose dead-letter queue to read; repeat it. "
+        "Default: the app's queues.",
         show_default=False,
     ),
 ]
@@ -109,7 +110,9 @@ def list_(
 
     settings = resolve(broker_url=broker, app=app_spec, data_dir=data_dir)
     url, names, explicit = _targets(settings, [*([queue] if queue else []), *(extra or [])])
-    listing = deadletters.list_dead(url, names, explicit=explicit, limit=limit, max_deliveries=settings.max_deliveries)
+    listing = deadletters.list_dead(
+        url, names, explicit=explicit, limit=limit, max_deliveries=settings.max_deliveries
+    )
     if json_:
         render.emit_json(render.ok_doc(**listing.to_dict()))
     else:

@@ -15,10 +15,7 @@ def flower(
         int, typer.Option("--port", "-p", parser=port_parser(), metavar="PORT", help="HTTP port for Flower.")
     ] = 5555,
     address: Annotated[
-        str,
-        typer.Option(
-            "--address", metavar="ADDRESS", help="Address to listen on; other than loopback needs --basic-auth."
-        ),
+        str, typer.Option("--address", metavar="ADDRESS", help="Address to listen on; other than loopback needs --basic-auth.")
     ] = "127.0.0.1",
     basic_auth: Annotated[
         str | None,
@@ -34,10 +31,7 @@ def flower(
         bool, typer.Option("--unsafe-no-auth", help="Allow a non-loopback address without authentication.")
     ] = False,
     url_prefix: Annotated[
-        str | None,
-        typer.Option(
-            "--url-prefix", metavar="PATH", help="Serve under this path (behind a proxy).", show_default=False
-        ),
+        str | None, typer.Option("--url-prefix", metavar="PATH", help="Serve under this path (behind a proxy).", show_default=False)
     ] = None,
     app_spec: AppOpt = None,
     broker: BrokerOpt = None,

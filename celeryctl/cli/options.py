@@ -166,8 +166,7 @@ BackendOpt = Annotated[
     typer.Option(
         "--backend",
         metavar="URL",
-        help="Result backend URL (env CELERYCTL_RESULT_BACKEND; default rpc://)",
-        show_default=False,
+        help="Result backend URL (env CELERYCTL_RESULT_BACKEND; default rpc://)", show_default=False
     ),
 ]
 AppOpt = Annotated[

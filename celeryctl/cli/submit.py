@@ -88,10 +88,7 @@ def submit(
     eta: Annotated[
         str | None,
         typer.Option(
-            "--eta",
-            metavar="ISO8601",
-            help="Run no earlier than this ISO 8601 time (UTC when no zone is given).",
-            show_default=False,
+            "--eta", metavar="ISO8601", help="Run no earlier than this ISO 8601 time (UTC when no zone is given).", show_default=False
         ),
     ] = None,
     queue: Annotated[
@@ -108,11 +105,7 @@ def submit(
     priority: Annotated[
         int | None,
         typer.Option(
-            "--priority",
-            parser=count_parser(low=0, high=9),
-            metavar="N",
-            help="Message priority 0-9 (classic queues: quorum queues on RabbitMQ 3.x have no priorities).",
-            show_default=False,
+            "--priority", parser=count_parser(low=0, high=9), metavar="N", help="Message priority 0-9 (classic queues: quorum queues on RabbitMQ 3.x have no priorities).", show_default=False
         ),
     ] = None,
     count: Annotated[
@@ -122,7 +115,7 @@ def submit(
             "-n",
             parser=count_parser(low=1),
             metavar="N",
-            help="Submit this many copies (progress bars for publishing and, with --wait, completion).",
+            help="Submit this many copies (progress bars for publishing and, with --wait, completion)."
         ),
     ] = 1,
     ids_file: Annotated[

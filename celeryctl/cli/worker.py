@@ -59,19 +59,11 @@ def worker(
     ] = "INFO",
     pool: Annotated[
         str | None,
-        typer.Option(
-            "--pool",
-            "-P",
-            metavar="POOL",
-            help="prefork (default), solo, threads, eventlet or gevent.",
-            show_default=False,
-        ),
+        typer.Option("--pool", "-P", metavar="POOL", help="prefork (default), solo, threads, eventlet or gevent.", show_default=False),
     ] = None,
     hostname: Annotated[
         str | None,
-        typer.Option(
-            "--hostname", "-n", metavar="NAME", help="Node name, e.g. w1@%h (default celery@HOST).", show_default=False
-        ),
+        typer.Option("--hostname", "-n", metavar="NAME", help="Node name, e.g. w1@%h (default celery@HOST).", show_default=False),
     ] = None,
     beat: Annotated[bool, typer.Option("--beat", "-B", help="Also run the beat scheduler in this worker.")] = False,
     wait_for_broker: Annotated[
@@ -80,7 +72,7 @@ def worker(
             "--wait-for-broker",
             parser=seconds_parser(),
             metavar="SECONDS",
-            help="Keep trying to reach the broker for this many seconds before giving up.",
+            help="Keep trying to reach the broker for this many seconds before giving up."
         ),
     ] = 0.0,
     grace: Annotated[

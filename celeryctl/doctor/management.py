@@ -45,9 +45,7 @@ def check_management_api(settings: Settings, target: BrokerUrl, timeout: float) 
     try:
         api = resolve_api(settings, target, timeout=max(0.5, min(timeout, 3.0)))
     except CeleryctlError as exc:
-        return ManagementResult(
-            _failed(exc, started, ""), skip("cluster", "no login for the management API (see above)")
-        )
+        return ManagementResult(_failed(exc, started, ""), skip("cluster", "no login for the management API (see above)"))
     if api is None:
         return ManagementResult(
             Check("management", OK, 0.0, NOT_SET, data={"asked": False}),
@@ -56,9 +54,7 @@ def check_management_api(settings: Settings, target: BrokerUrl, timeout: float) 
     try:
         check = check_management(api, started)
         if check.status == FAIL and api.source == OWN_NODE:
-            not_asked = Check(
-                "cluster", OK, 0.0, "not asked: the management API refused the login", data={"asked": False}
-            )
+            not_asked = Check("cluster", OK, 0.0, "not asked: the management API refused the login", data={"asked": False})
             return ManagementResult(_own_node_refused(check), not_asked)
         if check.status == FAIL:
             return ManagementResult(check, skip("cluster", "the management API did not answer (see above)"))
