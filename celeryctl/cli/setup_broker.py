@@ -110,6 +110,18 @@ def setup_broker(
         bool, typer.Option("--delete", help="Delete the user and the vhost (with its queues) instead.")
     ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before --delete.")] = False,
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            "--broker",
+            "-b",
+            metavar="URL",
+            help="The broker's nodes: one AMQP URL or a cluster's ';'-separated list (its hosts and ports go "
+            "into the saved URL and each is verified by a login; its user and password are not used). "
+            "Default: celeryctl's node, or every member of its local cluster.",
+            show_default=False,
+        ),
+    ] = None,
     api: ApiOpt = None,
     api_password_stdin: Annotated[
         bool,
@@ -136,6 +148,11 @@ def setup_broker(
     Its admin must have the administrator tag; the login is the management URL's user and
     password, else --api-password-stdin, else the broker URL's. Users are written with a salted
     hash computed here, never the password. Without a management URL, rabbitmqctl is used.
+
+    On a cluster (celeryctl's local cluster, or --broker 'amqp://h1:5672;amqp://h2:5672'), users,
+    vhosts and permissions are cluster-wide: one run writes them through one running node, then
+    logs in on every node at once; the saved URL lists every node (Celery's failover list). A node
+    that cannot be reached is named, with exit 6, after the rest is done and saved.
     """
     from celeryctl.rabbitmq import provision
     from celeryctl.rabbitmq.plan import Request
@@ -149,7 +166,7 @@ def setup_broker(
     quiet = json_
     api_password = _read_api_password() if api_password_stdin else None
     if delete:
-        _delete(user, vhost, settings, node, api_password, dry_run=dry_run, yes=yes, json_=json_)
+        _delete(user, vhost, settings, node, broker, api_password, dry_run=dry_run, yes=yes, json_=json_)
         return
     if password is not None:  # on stderr even with --json: it is about the command line just typed
         render.warn("--password is visible to other users of this machine (ps); prefer --password-stdin")
@@ -181,6 +198,7 @@ def setup_broker(
                 port=port,
                 dry_run=dry_run,
                 save_to=save_to,
+                broker=broker,
                 api_password=api_password,
                 on_progress=update,
                 on_unsaved=unsaved.append,
@@ -194,6 +212,12 @@ def setup_broker(
     for message in result.warnings:
         if not quiet:
             render.warn(message)
+    if result.error is not None:  # set up and saved, but a node was unreachable: the error carries the report
+        if not json_:
+            view.show_result(result, show_password)
+        if unsaved:
+            view.keep_password(result.error, unsaved[-1], show_password=show_password, json_=json_)
+        raise result.error
     if json_:
         render.emit_json(render.ok_doc(**result.to_dict(show_password=show_password)))
     else:
@@ -224,6 +248,7 @@ def _delete(
     vhost: str,
     settings: Settings,
     node: str | None,
+    broker: str | None,
     api_password: str | None,
     *,
     dry_run: bool,
@@ -249,6 +274,7 @@ def _delete(
                 settings,
                 confirm=confirm,
                 node=node,
+                broker=broker,
                 dry_run=dry_run,
                 api_password=api_password,
                 on_progress=update,

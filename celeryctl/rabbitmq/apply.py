@@ -205,3 +205,82 @@ def verify(url: str, request: Request, timeout: float = 5.0) -> Verification:
     else:
         what = "logged in (no permission to try)"
     return Verification(True, what, expected, doc)
+
+
+# Refusals by a node that answered; any other failure (refused or lost connection, timeout, an
+# unknown host, a node that died after the login) means the node could not be reached.
+_REFUSALS = ("auth", "vhost", "permissions", "blocked")
+
+
+@dataclass
+class NodeCheck:
+    """The verification on one node of the broker (one host:port of the saved URL)."""
+
+    host: str
+    port: int
+    node: str | None
+    verification: Verification
+
+    @property
+    def address(self) -> str:
+        from celeryctl.broker.url import Host
+
+        return str(Host(self.host, self.port))
+
+    @property
+    def ok(self) -> bool:
+        return self.verification.ok is True
+
+    @property
+    def unreachable(self) -> bool:
+        return not self.ok and (self.verification.report or {}).get("kind") not in _REFUSALS
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.ok else "unreachable" if self.unreachable else "refused"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "host": self.host,
+            "port": self.port,
+            "node": self.node,
+            "ok": self.ok,
+            "status": self.status,
+            "reason": self.verification.reason,
+        }
+
+
+def verify_nodes(
+    urls: list[tuple[str, int, str | None, str]], request: Request, timeout: float = 5.0
+) -> list[NodeCheck]:
+    """:func:`verify` on every node at once: ``urls`` holds (host, port, node name, single-host URL)."""
+    if len(urls) == 1:
+        host, port, node, url = urls[0]
+        return [NodeCheck(host, port, node, verify(url, request, timeout))]
+    with ThreadPoolExecutor(max_workers=len(urls)) as pool:
+        futures = [(h, p, n, pool.submit(verify, url, request, timeout)) for h, p, n, url in urls]
+        return [NodeCheck(h, p, n, fut.result()) for h, p, n, fut in futures]
+
+
+def combined(checks: list[NodeCheck]) -> Verification:
+    """One verification for all the nodes: ok when every node is; else naming the nodes that are not."""
+    if len(checks) == 1:
+        return checks[0].verification
+    first_ok = next((c for c in checks if c.ok), None)
+    shown = first_ok or checks[0]
+    failed = [c for c in checks if not c.ok]
+    if not failed:
+        return Verification(
+            True,
+            f"{shown.verification.reason} on each of the {len(checks)} nodes",
+            shown.verification.expected,
+            shown.verification.report,
+        )
+    reasons = "; ".join(f"{c.address} {c.status}: {c.verification.reason}" for c in failed)
+    return Verification(
+        False,
+        f"{len(checks) - len(failed)} of {len(checks)} nodes verified; {reasons}",
+        shown.verification.expected,
+        shown.verification.report,
+    )

@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import os
 import shlex
-import socket
 import stat
 import tempfile
 import threading
@@ -26,12 +25,11 @@ from typing import TYPE_CHECKING, Any
 from celeryctl.broker import (
     BrokerUrl,
     build_amqp_url,
-    host_problem,
     mask_url,
     url_password,
     url_user,
 )
-from celeryctl.broker.url import MAX_HOST_BYTES
+from celeryctl.broker.url import parse
 from celeryctl.errors import (
     AccessRefusedError,
     CeleryctlError,
@@ -42,10 +40,10 @@ from celeryctl.errors import (
     UnreachableError,
     UsageError,
 )
-from celeryctl.rabbitmq.apply import Progress, Verification, apply_plan, verify
+from celeryctl.rabbitmq.apply import NodeCheck, Progress, Verification, apply_plan, combined, verify_nodes
 from celeryctl.rabbitmq.definitions import read_state
 from celeryctl.rabbitmq.plan import Plan, Request, plan_delete, plan_setup, validate_name, validate_password
-from celeryctl.rabbitmq.target import Target, resolve_target
+from celeryctl.rabbitmq.target import Target, check_url, resolve_target
 
 if TYPE_CHECKING:
     from celeryctl.rabbitmq.definitions import Backend
@@ -87,35 +85,6 @@ def read_password(
 # --------------------------------------------------------------------------- checks before the first change
 # Everything that could fail after the node was changed is checked before it is: a run that
 # fails midway would leave a user whose generated password nobody has.
-
-
-def check_url(request: Request, host: str, port: int) -> None:
-    """The URL that will be saved parses as given (``--host``, ``--port``), and its host resolves."""
-    if host == "" or len(host.encode("utf-8", "surrogatepass")) > MAX_HOST_BYTES:
-        raise UsageError(
-            f"--host: {'an empty host' if not host else f'the host is longer than {MAX_HOST_BYTES} bytes'}",
-            "give a host name or an address, e.g. --host 127.0.0.1",
-        )
-    problem = host_problem(host.strip("[]") if host.startswith("[") else host)
-    if problem:  # the one host check BrokerUrl.parse uses, worded for the flag
-        raise UsageError(f"--host: {problem}", "e.g. --host 127.0.0.1 or --host rabbit.example.com")
-    url = build_amqp_url(request.user, "****", host, port, request.vhost)
-    try:
-        parsed = BrokerUrl.parse(url, "--host/--port")
-        same = parsed.host.lower() == host.strip("[]").lower() and parsed.port == port
-    except ConfigError:
-        same = False
-    if not same or any(c.isspace() or not c.isprintable() for c in host):
-        raise UsageError(
-            f"--host: {host!r} is not a host name or an address", "e.g. --host 127.0.0.1 or --host rabbit.example.com"
-        )
-    try:
-        socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise UnreachableError(
-            f"--host: cannot resolve {host}: {exc.strerror}",
-            "check the name (it goes into the saved broker URL), or give an address, e.g. --host 127.0.0.1",
-        ) from None
 
 
 def check_settings_file(path: Path) -> None:
@@ -165,6 +134,9 @@ class SetupResult:
     warnings: list[str] = field(default_factory=list)
     delete: bool = False
     via: str = "rabbitmqctl"  # or "api": the management API
+    nodes: list[NodeCheck] = field(default_factory=list)  # the verification on each node of the URL
+    # Set up and saved, yet a node of the list could not be reached: the CLI shows the result, then raises it.
+    error: CeleryctlError | None = None
 
     @property
     def changed(self) -> bool:
@@ -187,6 +159,7 @@ class SetupResult:
             if show_password:
                 doc["password"] = self.plan.password
             doc["verification"] = self.verification.to_dict() if self.verification else None
+            doc["nodes"] = [c.to_dict() for c in self.nodes]
             doc["saved_to"] = str(self.saved_to) if self.saved_to else None
             doc["settings_changed"] = self.settings_changed
         doc["warnings"] = list(self.warnings)
@@ -228,6 +201,7 @@ def setup(
     port: int | None = None,
     dry_run: bool = False,
     save_to: Path | None = None,
+    broker: str | BrokerUrl | None = None,
     runner: Backend | None = None,
     api_password: str | None = None,
     on_progress: Progress | None = None,
@@ -241,9 +215,16 @@ def setup(
     says so and ``on_unsaved`` gets the URL with a generated password that nobody has otherwise.
     Through the management API when a management URL is set (``api_password``: the admin's,
     from ``--api-password-stdin``), else through rabbitmqctl.
+
+    A cluster (celeryctl's local one, or ``broker``: a ``;`` list of its nodes' URLs, whose
+    hosts and ports are used, not its credentials) is written once, through one running node;
+    the login is then verified on every node at once and the saved URL lists them all.  A node
+    that cannot be reached while others verified leaves the result saved, with ``result.error``
+    (exit 6) naming it.
     """
     request.validate()
-    with resolve_target(settings, node, host, port, api_password=api_password) as target:
+    target_broker = parse(broker, "--broker") if broker is not None else None
+    with resolve_target(settings, node, host, port, broker=target_broker, api_password=api_password) as target:
         target.runner = runner or target.runner
         return _setup(request, settings, target, dry_run, save_to, on_progress, on_unsaved)
 
@@ -258,7 +239,8 @@ def _setup(
     on_unsaved: Callable[[str], None] | None,
 ) -> SetupResult:
     say = on_progress or (lambda _m: None)
-    check_url(request, target.host, target.port)
+    for endpoint in target.endpoints:
+        check_url(request, endpoint.host, endpoint.port, target.hosts_from)
     if save_to is not None and not dry_run:
         check_settings_file(save_to)
     if not dry_run:
@@ -272,8 +254,18 @@ def _setup(
     result = SetupResult(plan, target.description, via=state.via)
     if request.password is None and not request.rotate_password and request.user in state.users:
         result.warnings += _unknown_password_warnings(request.user, plan, known, known_source)
+    urls: list[tuple[str, int, str | None, str]] = []
     if plan.password is not None and not (dry_run and plan.password_generated):
-        result.url = build_amqp_url(request.user, plan.password, target.host, target.port, request.vhost)
+        urls = [
+            (
+                e.host,
+                e.port,
+                e.node,
+                build_amqp_url(request.user, plan.password, e.host, e.port, request.vhost, scheme=target.scheme),
+            )
+            for e in target.endpoints
+        ]
+        result.url = ";".join(u for *_, u in urls)  # one node, or Celery's failover list
     if dry_run:
         return result
     try:
@@ -281,12 +273,17 @@ def _setup(
         if result.url is None:
             result.verification = Verification(None, "the password is unknown")
         else:
-            say(f"verifying: logging in as {request.user} on vhost {request.vhost} at {target.host}:{target.port}")
-            result.verification = verify(result.url, request)
-            if not result.verification.ok:
-                raise _verification_failed(result.verification, result.url, plan)
+            where = ", ".join(e.address for e in target.endpoints)
+            say(f"verifying: logging in as {request.user} on vhost {request.vhost} at {where}")
+            result.nodes = verify_nodes(urls, request)
+            result.verification = combined(result.nodes)
+            failed = [c for c in result.nodes if not c.ok]
+            if failed and (len(failed) == len(result.nodes) or not all(c.unreachable for c in failed)):
+                raise _verification_failed(result, failed)
         if save_to is not None:
             _save(result, settings, save_to, on_unsaved)
+        if any(not c.ok for c in result.nodes):
+            result.error = _nodes_unreachable(result, target, on_unsaved)
     except KeyboardInterrupt:
         raise _interrupted(result, on_unsaved) from None
     return result
@@ -307,17 +304,41 @@ def _unknown_password_warnings(user: str, plan: Plan, known: str | None, known_s
     return warnings
 
 
-def _verification_failed(verification: Verification, url: str, plan: Plan) -> CeleryctlError:
-    report = verification.report or {}
-    cls: type[CeleryctlError] = (
-        UnreachableError if report.get("kind") in ("refused", "timeout", "dns") else AccessRefusedError
-    )
+def _verification_failed(result: SetupResult, failed: list[NodeCheck]) -> CeleryctlError:
+    """Every node unreachable, or one refusing the login: an error, and nothing saved."""
+    verification, plan = result.verification or failed[0].verification, result.plan
+    cls: type[CeleryctlError] = UnreachableError if all(c.unreachable for c in failed) else AccessRefusedError
+    where = mask_url(result.url or "") if len(result.nodes) == 1 else ", ".join(c.address for c in failed)
     return cls(
-        f"verification failed: {verification.reason} ({mask_url(url)})",
+        f"verification failed: {verification.reason} ({where})",
         "the changes were applied; check --host/--port and the permissions, then run again"
         if plan.changed
         else "check --host/--port and the permissions",
-        details={"items": [i.to_dict() for i in plan.items], "verification": verification.to_dict()},
+        details={
+            "items": [i.to_dict() for i in plan.items],
+            "verification": verification.to_dict(),
+            "nodes": [c.to_dict() for c in result.nodes],
+        },
+    )
+
+
+def _nodes_unreachable(result: SetupResult, target: Target, on_unsaved: Callable[[str], None] | None) -> CeleryctlError:
+    """Set up (users are cluster-wide) and verified on some nodes, but others did not answer."""
+    down = [c for c in result.nodes if not c.ok]
+    if result.saved_to is None:
+        _keep_password(result, on_unsaved)
+    names = ", ".join(c.address + (f" ({c.node})" if c.node else "") for c in down)
+    why = f": {down[0].verification.reason}" if len(down) == 1 else ""
+    done = "set up" if result.changed else "already set up"
+    saved = f", the URL listing every node saved in {result.saved_to}" if result.saved_to else ""
+    return UnreachableError(
+        f"{names} {'is' if len(down) == 1 else 'are'} unreachable{why}; the rest succeeded: {done} through "
+        f"{target.description}, the login verified on {len(result.nodes) - len(down)} of {len(result.nodes)} "
+        f"nodes{saved} (users, vhosts and permissions are cluster-wide: a member gets them when it rejoins)",
+        "start it (celeryctl broker start for celeryctl's cluster), then run the same command again "
+        "to verify the login there",
+        code="nodes_unreachable",
+        details={**result.to_dict(), "provisioned": True, "unreachable": [c.address for c in down]},
     )
 
 
@@ -411,6 +432,7 @@ def delete(
     confirm: Callable[[Plan], bool],
     node: str | None = None,
     dry_run: bool = False,
+    broker: str | BrokerUrl | None = None,
     runner: Backend | None = None,
     api_password: str | None = None,
     on_progress: Progress | None = None,
@@ -418,7 +440,10 @@ def delete(
     """Delete the user and the vhost (with everything in it) after ``confirm(plan)`` says yes."""
     validate_name(user, "--user", "user name")
     validate_name(vhost, "--vhost", "vhost name")
-    with resolve_target(settings, node, None, None, api_password=api_password, amqp=False) as target:
+    target_broker = parse(broker, "--broker") if broker is not None else None
+    with resolve_target(
+        settings, node, None, None, broker=target_broker, api_password=api_password, amqp=False
+    ) as target:
         target.runner = runner or target.runner
         return _delete(user, vhost, settings, target, confirm, dry_run, on_progress)
 

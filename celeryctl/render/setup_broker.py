@@ -60,6 +60,12 @@ def show_result(result: SetupResult, show_password: bool) -> None:
     if result.verification is not None:
         style = {True: "green", False: "red", None: "yellow"}[result.verification.ok]
         render.out.print(f"verification: [{style}]{escape(result.verification.text)}[/]")
+    if len(result.nodes) > 1:
+        node_style = {"ok": "green", "unreachable": "red", "refused": "bold red"}
+        for check in result.nodes:
+            name = f" ({escape(check.node)})" if check.node else ""
+            detail = "" if check.ok else f": {escape(check.verification.reason or '')}"
+            render.out.print(f"  {escape(check.address)}{name}: [{node_style[check.status]}]{check.status}[/]{detail}")
     if result.url:
         shown = result.url if show_password else mask_url(result.url)
         render.out.print(f"broker URL: {escape(shown)}")
