@@ -55,11 +55,12 @@ def prepare_broker(
     save_to = provision.settings_path(settings) if save else None
     if save_to is not None:  # before the node starts and the user is made: not after, with its password lost
         provision.check_settings_file(save_to)
-    node = settings.local_node()
     say("starting (or reusing) celeryctl's private RabbitMQ node")
-    _info, node_started = node.start(port, on_progress=say)
+    _infos, node_started = settings.local_cluster().start(port=port, on_progress=say)  # a cluster: its members
     request = Request()
     result = provision.setup(request, settings, save_to=save_to, on_progress=say)
+    if result.error is not None:  # set up and saved, but a member of the cluster did not answer the login
+        say(f"warning: {result.error.message}")
     rotated = False
     if result.url is None:
         rotated = True
