@@ -51,6 +51,7 @@ def install(app: Celery, *, batching: bool, grace: float) -> None:
     if batching:
         consumer.add(batched)
     _delayed_delivery_fails_over()
+    _replies_survive_a_leader_election()
 
 
 def _delayed_delivery_fails_over() -> None:
@@ -76,6 +77,44 @@ def _delayed_delivery_fails_over() -> None:
 
     DelayedDelivery._validate_broker_urls = one_broker
     DelayedDelivery._celeryctl_one_broker = True
+
+
+#: How long a worker retries a task's result that the broker refused (nack) while the reply
+#: queue's quorum elects a new leader (a member died): about a second or two here.
+NACK_RETRY_SECONDS = 15.0
+
+
+def _replies_survive_a_leader_election() -> None:
+    """Retry an rpc:// result the broker nacked instead of failing the task that produced it.
+
+    On a cluster the reply queue of ``submit --wait`` is a quorum queue; for the moment its
+    leader's node is dead and no new leader is elected, RabbitMQ nacks what is published to it.
+    kombu retries connection errors, not nacks, so Celery recorded a task that had succeeded as
+    FAILURE ("Exception raised outside body"), and its redelivery later as SUCCESS: the client
+    counted a failure that was not one.  The same publish is retried until it is confirmed.
+    """
+    try:
+        from amqp.exceptions import MessageNacked
+        from celery.backends.rpc import RPCBackend
+        from kombu.exceptions import OperationalError
+    except ImportError:
+        return
+    if getattr(RPCBackend, "_celeryctl_retries_nacks", False):
+        return
+    store = RPCBackend.store_result
+
+    def store_result(self: Any, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + NACK_RETRY_SECONDS
+        while True:
+            try:
+                return store(self, *args, **kwargs)
+            except OperationalError as exc:
+                if not isinstance(exc.__cause__, MessageNacked) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    RPCBackend.store_result = store_result
+    RPCBackend._celeryctl_retries_nacks = True
 
 
 def _steps() -> list[type]:

@@ -10,6 +10,7 @@ running and consuming on another member, which it moved to by itself.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -86,9 +87,9 @@ def test_node_one_killed_halfway_loses_no_task(
     counts = ledger.counts()
     twice = sorted(tid for tid, n in counts.items() if n > 1)
     print(f"recovery {recovery:.1f} s after the kill; {len(twice)} task(s) ran twice")
-    assert submit.returncode == 0, err + worker.output[-3000:]
+    assert submit.returncode == 0, f"submit: {out[-2000:]}\n{err[-2000:]}\nworker: {worker.output[-1500:]}"
     assert "Traceback" not in err
-    doc = __import__("json").loads(out)
+    doc = json.loads(out)
     assert len(counts) == TASKS, f"{TASKS - len(counts)} tasks lost; ran twice: {twice}"
     assert (doc.get("succeeded"), doc.get("failed")) == (TASKS, 0), doc
     # The worker moved to another member by itself: still running, and it answers `status`.
