@@ -459,6 +459,6 @@ def test_monitor_sees_every_task_event_from_the_batched_worker(
 
 
 def test_submit_count_wait_timeout_exits_8(cli: CliRun, env: dict[str, str], demo_worker: Worker) -> None:
-    r = cli("submit", "sleep", "3", "--count", "3", "--wait", "--timeout", "0.5", "--json", env=env)
+    r = cli("submit", "sleep", "1", "--count", "3", "--wait", "--timeout", "0.5", "--json", env=env)
     assert r.returncode == 8, r.output
     assert r.json()["ok"] is False and "Traceback" not in r.output
