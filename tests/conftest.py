@@ -36,7 +36,7 @@ import pytest
 
 from celeryctl.broker import build_amqp_url
 from celeryctl.rabbitmq.ctl import Runner, find_bin_dir
-from celeryctl.rabbitmq.node import Node, NodeInfo, pick_free_port
+from celeryctl.rabbitmq.node import DIST_OFFSET, EPMD_OFFSET, Node, NodeInfo, pick_free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -105,7 +105,9 @@ def mgmt_rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode
     data_dir = tmp_path_factory.mktemp("celeryctl-mgmt-data")
     node = Node(data_dir / "node")
     port = pick_free_port([], set())
-    info, _ = node.start(port, management=True)
+    # a management port of its own: the default 15672 is the first choice of every other
+    # management-enabled node (pytest-xdist runs two sessions side by side)
+    info, _ = node.start(port, management=True, management_port=pick_free_port([port + 10000], {port, port + DIST_OFFSET, port + DIST_OFFSET + EPMD_OFFSET}))
     try:
         yield RabbitNode(node, info, data_dir)
     finally:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from celeryctl.broker import MANAGEMENT_PORT
 from celeryctl.errors import UnreachableError, UsageError
 from celeryctl.probe import port_is_free
 from celeryctl.rabbitmq.ctl import LOOPBACK_CTL_ERL_ARGS, Runner, find_bin_dir
@@ -240,6 +241,18 @@ def listening_on(ports: Iterable[int]) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def holding(port: int) -> Iterator[None]:
+    """Listen on ``port`` if it is free; if something else holds it, it is taken just the same."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            s.listen()
+        except OSError:
+            pass
+        yield
+
+
 def test_broker_start_with_management_takes_free_ports_and_listens_on_loopback_only(
     cli: CliRun, tmp_path: Path
 ) -> None:
@@ -251,7 +264,9 @@ def test_broker_start_with_management_takes_free_ports_and_listens_on_loopback_o
     env = {"CELERYCTL_DATA_DIR": str(tmp_path / "d")}
     node = Node(tmp_path / "d" / "node")
     try:
-        with listening_on([port + taken_dist, *(port + t for t in taken_epmd)]):
+        # 15672 taken too (by us, or already by another node of a parallel session): the
+        # management port falls back as well, and no other node can race this one for it
+        with listening_on([port + taken_dist, *(port + t for t in taken_epmd)]), holding(MANAGEMENT_PORT):
             r = cli("broker", "start", "--port", str(port), "--management", "--json", env=env)
         assert r.returncode == 0, r.output
         doc = r.json()
@@ -259,6 +274,7 @@ def test_broker_start_with_management_takes_free_ports_and_listens_on_loopback_o
         status = cli("broker", "status", "--json", env=env).json()
         assert status["port"] == port and status["dist_port"] == port + dist
         assert status["epmd_port"] not in {port + t for t in taken_epmd}
+        assert status["management_port"] != MANAGEMENT_PORT
         assert status["url"] == doc["url"]
 
         found = listeners(node.processes())
