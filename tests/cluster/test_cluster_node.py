@@ -38,19 +38,6 @@ def test_status_shows_each_member(cli: CliRun, local_cluster: LocalCluster) -> N
     assert "partitions: none" in text.stdout
 
 
-def test_status_names_the_member_that_is_down(cli: CliRun, local_cluster: LocalCluster) -> None:
-    third = local_cluster.infos[2].name
-    with local_cluster.down(3):
-        res = cli("broker", "status", "--json", env=local_cluster.env)
-        text = cli("broker", "status", env=local_cluster.env)
-    assert res.returncode == 6
-    err = res.json()["error"]
-    assert err["message"] == f"2 of 3 cluster members run; down: {third}"
-    assert [m["running"] for m in err["details"]["members"]] == [True, True, False]
-    assert text.returncode == 6 and "Traceback" not in text.output
-    assert f"down: {third}" in text.stderr and "celeryctl broker start" in text.stderr
-
-
 def test_stop_leaves_no_process_and_start_brings_every_member_back_with_its_data(
     cli: CliRun, local_cluster: LocalCluster
 ) -> None:

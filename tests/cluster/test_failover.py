@@ -20,6 +20,16 @@ def test_failover_then_every_member_down(local_cluster: LocalCluster, cli: CliRu
             assert result.returncode == 0, (args, result.output)
             assert "Traceback" not in result.output
             result.json()
+        # broker status names the member that is down (exit 6), in text and in --json.
+        first = local_cluster.infos[0].name
+        status = cli("broker", "status", "--json", env=local_cluster.env)
+        assert status.returncode == 6
+        err = status.json()["error"]
+        assert err["message"] == f"2 of 3 cluster members run; down: {first}"
+        assert [m["running"] for m in err["details"]["members"]] == [False, True, True]
+        text = cli("broker", "status", env=local_cluster.env)
+        assert text.returncode == 6 and f"down: {first}" in text.stderr and "celeryctl broker start" in text.stderr
+        assert "Traceback" not in text.output
         # The queue submit declared is a quorum queue with a replica on every member.
         listed = local_cluster.runner(2).json("list_queues", "name", "members", "type")
         queue = next(q for q in listed if q["name"] == "celery")
@@ -34,3 +44,5 @@ def test_failover_then_every_member_down(local_cluster: LocalCluster, cli: CliRu
             assert all(f"127.0.0.1:{port}" in result.stderr for port in ports), result.stderr
             if args[0] == "submit":
                 assert "nothing was submitted" in result.stderr
+        status = cli("broker", "status", env=local_cluster.env)
+        assert status.returncode == 6 and "3-node cluster" in status.stderr and "is not running" in status.stderr
