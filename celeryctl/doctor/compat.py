@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celeryctl.doctor.check import FAIL, OK, WARN, Check
-from celeryctl.doctor.versions import _vt
+from celeryctl.doctor.versions import _vt, package_version
 
 PERMIT = "deprecated_features.permit.{feature} = true in every node's rabbitmq.conf"
 
@@ -163,17 +163,8 @@ def check_compat(
 ) -> Check:
     """The compatibility check from the server's version, the installed celery and kombu, the
     app's settings and the vhost's policies (None: not asked)."""
-    from importlib import metadata
-
     started = time.monotonic()
-
-    def ver(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    celery_v, kombu_v = ver("celery"), ver("kombu")
+    celery_v, kombu_v = package_version("celery"), package_version("kombu")
     ha = ha_policy_names(policies or [])
     problems = compat_problems(server_v, celery_v, kombu_v, app, ha)
     data: dict[str, Any] = {

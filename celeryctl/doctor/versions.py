@@ -46,18 +46,20 @@ def version_problems(
     return warns, notes
 
 
+def package_version(name: str) -> str | None:
+    """An installed distribution's version, from its metadata (nothing is imported), or None."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def check_versions(server_product: str | None, server_v: str | None) -> Check:
     """Versions of the client libraries (from their metadata: nothing is imported) and of the server."""
     started = time.monotonic()
-    from importlib import metadata
-
-    def ver(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    found = {name: ver(name) for name in ("celery", "kombu", "amqp", "pika")}
+    found = {name: package_version(name) for name in ("celery", "kombu", "amqp", "pika")}
     py = sys.version_info[:2]
     warns, notes = version_problems(found["celery"], found["kombu"], server_v, (py[0], py[1]))
     data: dict[str, Any] = {
