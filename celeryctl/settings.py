@@ -234,6 +234,12 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], list[str]]:
         if key == "broker_url" and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
             values[key] = ";".join(value)  # a failover list, as Celery's ";"-separated URL
             continue
+        if key == "broker_url" and isinstance(value, list):
+            raise ConfigError(
+                f"{where}: key 'broker_url' must be a URL or a non-empty array of URLs (strings)",
+                'for a cluster: broker_url = ["amqp://USER:PASSWORD@h1:5672/VHOST", "amqp://USER:PASSWORD@h2:5672/VHOST"]',
+                details={"file": str(path), "line": line, "key": key},
+            )
         if not isinstance(value, str):
             raise ConfigError(
                 f"{where}: key '{key}' must be a string, got {type(value).__name__}",

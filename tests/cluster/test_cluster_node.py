@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from celeryctl.broker import BrokerUrl
+from celeryctl.errors import ConfigError
 from celeryctl.probe import amqp_handshake, port_is_free
 from celeryctl.settings import load_settings
 from tests.cluster.conftest import NODES, LocalCluster
@@ -96,3 +99,8 @@ def test_settings_file_takes_a_list_of_broker_urls(tmp_path: Path) -> None:
     assert settings.broker_url == "amqp://u:p@h1:5672/v;amqp://u:p@h2:5673/v"
     assert [str(h) for h in settings.broker_target.hosts] == ["h1:5672", "h2:5673"]
     assert settings.to_dict()["broker_url"] == "amqp://u:****@h1:5672/v;amqp://u:****@h2:5673/v"
+    for bad in ("[]", '["amqp://u:p@h1:5672/v", 3]'):
+        path.write_text(f"broker_url = {bad}\n")
+        with pytest.raises(ConfigError) as caught:
+            load_settings(env={}, cwd=tmp_path)
+        assert "must be a URL or a non-empty array of URLs" in caught.value.message
