@@ -1,4 +1,4 @@
-from celeryctl.cli import main
+from celeryctl.entry import main
 
 if __name__ == "__main__":
     main()

@@ -67,8 +67,12 @@ def refuse_symlink(path: Path) -> None:
         raise _symlink_error(Path(path))
 
 
-def write_file(path: Path, data: bytes | str, *, mode: int = PRIVATE_FILE) -> Path:
-    """Write ``data`` to ``path`` atomically with ``mode`` (default 0600); never follow a link."""
+def write_file(path: Path, data: bytes | str, *, mode: int = PRIVATE_FILE, sync: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically with ``mode`` (default 0600); never follow a link.
+
+    ``sync=False`` skips the fsync, for a file rewritten every second whose last version may be
+    lost in a crash (a worker's health record): the rename alone keeps it whole.
+    """
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     refuse_symlink(path)
@@ -83,7 +87,8 @@ def write_file(path: Path, data: bytes | str, *, mode: int = PRIVATE_FILE) -> Pa
             view = memoryview(payload)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         refuse_symlink(path)  # planted while we wrote: still refuse

@@ -23,6 +23,7 @@ from celeryctl import topology, validate, worker_steps
 from celeryctl.broker import BrokerUrl, ensure_reachable, mask_url, own_node
 from celeryctl.celeryapp import require_backend, require_pool, run_celery, task_names
 from celeryctl.errors import ConfigError, TimeoutError_, UsageError, WorkerError
+from celeryctl.health import record_path
 from celeryctl.settings import Settings
 from celeryctl.topology import QueuePolicy
 from celeryctl.worker_steps import DEFAULT_GRACE
@@ -84,6 +85,9 @@ class WorkerPlan:
     queue_type: str = "classic"  # "quorum", "classic", or "app" (the app declares its own queues)
     max_deliveries: int | None = None
     grace: float = DEFAULT_GRACE  # seconds the running tasks get after SIGTERM
+    node: str = ""  # the node name Celery gives the worker (celery@HOST, or -n with %h expanded)
+    health_file: str | None = None  # the health record (celeryctl probe worker reads it)
+    health_port: int | None = None  # /livez and /readyz on 127.0.0.1
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -100,6 +104,9 @@ class WorkerPlan:
             "queue_type": self.queue_type,
             "max_deliveries": self.max_deliveries,
             "grace": self.grace,
+            "node": self.node,
+            "health_file": self.health_file,
+            "health_port": self.health_port,
         }
 
 
@@ -117,8 +124,14 @@ def prepare(
     durable: bool = True,
     queue_policy: QueuePolicy | None = None,
     grace: float = DEFAULT_GRACE,
+    data_dir: Path | None = None,
+    health_file: Path | None = None,
+    health_port: int | None = None,
 ) -> WorkerPlan:
-    """Configure ``app`` for a worker, check the broker, and return what :func:`run` will start."""
+    """Configure ``app`` for a worker, check the broker, and return what :func:`run` will start.
+
+    The health record goes to ``health_file``, else ``<data_dir>/health/<node>.json``.
+    """
     if concurrency is not None and concurrency < 1:
         raise UsageError(f"--concurrency must be at least 1, got {concurrency}")
     level = loglevel.upper()
@@ -128,7 +141,11 @@ def prepare(
         raise UsageError(f"unknown pool '{pool}'", f"use one of {', '.join(POOLS)}")
     require_pool(pool)
     applied = apply_durable_defaults(app) if durable else {}
-    worker_steps.install(app, batching=durable, grace=grace)
+    node = node_of(hostname)
+    record = health_file or (record_path(data_dir, node) if data_dir is not None else None)
+    if health_port is not None and record is None:
+        raise UsageError("--health-port needs a health record", "give --health-file PATH")
+    worker_steps.install(app, batching=durable, grace=grace, health_file=record, beat=beat)
     queue_list = [validate.queue_name(q.strip(), "-Q") for q in ",".join(queues or []).split(",") if q.strip()]
     check_app_queues(app)
     own_queues = bool(app.conf.task_queues)
@@ -168,7 +185,17 @@ def prepare(
         queue_type=pol.queue_type if managed else ("app" if own_queues else "classic"),
         max_deliveries=pol.max_deliveries if managed else None,
         grace=grace,
+        node=node,
+        health_file=str(record) if record is not None else None,
+        health_port=health_port,
     )
+
+
+def node_of(hostname: str | None) -> str:
+    """The node name Celery will give the worker: ``celery@HOST`` or ``-n`` with %h, %n, %d expanded."""
+    from celery.utils.nodenames import default_nodename, host_format
+
+    return str(host_format(default_nodename(hostname)))
 
 
 def check_app_queues(app: Celery) -> None:
@@ -195,6 +222,9 @@ def run(app: Celery, plan: WorkerPlan) -> int:
     """Run Celery's worker in this process until it shuts down; return its exit code."""
     from click.exceptions import ClickException
 
+    health = None
+    if plan.health_file is not None:
+        health = worker_steps.open_health(Path(plan.health_file), plan.node, beat=plan.beat, port=plan.health_port)
     try:
         # --quiet: celeryctl shows its own banner; Celery still logs "ready" and each task.
         return run_celery(app, ["--quiet", *plan.argv])
@@ -202,6 +232,9 @@ def run(app: Celery, plan: WorkerPlan) -> int:
         raise UsageError(f"celery worker: {exc.format_message()}", "see: celery worker --help") from None
     except OSError as exc:  # a file named after "--" (--pidfile, --statedb, --logfile) that cannot be opened
         raise WorkerError(f"celery worker could not start: {exc}", "check the paths given after --") from None
+    finally:
+        if health is not None:
+            worker_steps.close_health(*health)
 
 
 # --------------------------------------------------------------------------- a worker in the background

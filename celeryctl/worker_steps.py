@@ -5,6 +5,9 @@
   quorum queue), where Celery acknowledges, that is drops, it.
 - :class:`GracefulTerm`: SIGTERM gives the running tasks :data:`DEFAULT_GRACE` seconds
   (``--grace``) to finish; what is still running then is re-queued and the worker exits 0.
+- :class:`HealthReport`: the worker's health record (:mod:`celeryctl.health`) follows the
+  consumer: ready when it consumes, reconnecting when it lost the broker, a heartbeat from the
+  event loop every second; with ``--beat``, the scheduler's process reports each pass.
 
 The classes are built on first use, so that importing this module does not import Celery.
 """
@@ -14,7 +17,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from celeryctl.health import INTERVAL, BeatReporter, HealthServer, Recorder
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -38,20 +44,89 @@ GRACE_KEY = "celeryctl_grace"
 #: How often, while stopping, the worker looks whether its tasks are done.
 POLL = 0.05
 
+#: Where the health record's path travels from ``prepare`` to the beat process.
+HEALTH_KEY = "celeryctl_health_file"
+
 _STEPS: list[type] = []
+#: The running worker's health record (one worker per process), set by :func:`open_health`.
+_HEALTH: list[Recorder] = []
 
 
-def install(app: Celery, *, batching: bool, grace: float) -> None:
+def install(app: Celery, *, batching: bool, grace: float, health_file: Path | None = None, beat: bool = False) -> None:
     """Add the steps to ``app``'s worker (idempotent); event batching only when asked."""
-    batched, reject, term = _steps()
+    batched, reject, term, report = _steps()
     app.conf[GRACE_KEY] = grace
     consumer = app.steps["consumer"]
     consumer.add(reject)
     consumer.add(term)
+    consumer.add(report)
     if batching:
         consumer.add(batched)
+    if health_file is not None:
+        app.conf[HEALTH_KEY] = str(health_file)
+        if beat:
+            _beat_reports(app)
     _delayed_delivery_fails_over()
     _replies_survive_a_leader_election()
+
+
+def open_health(path: Path, node: str, *, beat: bool = False, port: int | None = None) -> tuple[Recorder, HealthServer | None]:
+    """The worker's record (``starting``, written now; rewritten every second once the consumer
+    runs) and its HTTP endpoints (served now: a port in use is an error before the worker starts,
+    and /livez answers while the worker starts)."""
+    from celeryctl.errors import PortInUseError
+    from celeryctl.files import private_dir
+
+    recorder = Recorder(path, node, beat=beat, on_error=lambda m: logger.warning("health record: %s", m))
+    private_dir(recorder.path.parent)
+    recorder.write()
+    server = None
+    if port is not None:
+        try:
+            server = HealthServer(recorder, port)
+        except OSError as exc:
+            raise PortInUseError(
+                f"--health-port {port}: cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}",
+                "choose another port, or leave --health-port out and probe the record: celeryctl probe worker",
+            ) from None
+        server.start()
+    _HEALTH[:] = [recorder]
+    return recorder, server
+
+
+def close_health(recorder: Recorder, server: HealthServer | None) -> None:
+    """The worker stopped: the record says so, the endpoints close."""
+    if server is not None:
+        server.stop()
+    recorder.stop()
+    _HEALTH.clear()
+
+
+def _beat_reports(app: Celery) -> None:
+    """In the beat process of ``worker --beat``: report each pass of the schedule and each task sent."""
+    from celery.signals import beat_embedded_init
+
+    def on_beat_start(sender: Any, **_kwargs: Any) -> None:
+        path = sender.app.conf.get(HEALTH_KEY)
+        if not path:
+            return
+        reporter = BeatReporter(Path(path))
+        scheduler = sender.scheduler
+        tick, apply_async = scheduler.tick, scheduler.apply_async
+
+        def reported_tick(*args: Any, **kwargs: Any) -> Any:
+            next_in = tick(*args, **kwargs)
+            reporter.ticked(next_in or 0.0)
+            return next_in
+
+        def reported_apply_async(entry: Any, *args: Any, **kwargs: Any) -> Any:
+            result = apply_async(entry, *args, **kwargs)
+            reporter.sent(str(getattr(entry, "name", entry)))
+            return result
+
+        scheduler.tick, scheduler.apply_async = reported_tick, reported_apply_async
+
+    beat_embedded_init.connect(on_beat_start, weak=False, dispatch_uid="celeryctl-beat-health")
 
 
 def _delayed_delivery_fails_over() -> None:
@@ -229,6 +304,8 @@ def _build() -> list[type]:  # noqa: C901 - three small classes that need Celery
                 from celery.worker import state
 
                 self.deadline = time.monotonic() + grace
+                for recorder in _HEALTH:
+                    recorder.update(state="shutting down")
                 safe_say("worker: Warm shutdown (MainProcess)")  # Celery's own line, as for Ctrl-C
                 safe_say(
                     f"worker: {len(state.active_requests)} running task(s) get up to {grace:g} s to finish, "
@@ -261,7 +338,60 @@ def _build() -> list[type]:  # noqa: C901 - three small classes that need Celery
             else:
                 c.hub.call_later(POLL, self._wait, c)
 
-    return [BatchedTaskEvents, RejectUndecodable, GracefulTerm]
+    class HealthReport(bootsteps.StartStopStep):  # type: ignore[misc]
+        """The health record follows the consumer: ``ready`` once the task consumer consumes (this
+        step starts after it), a tick from the event loop every :data:`INTERVAL` with what it
+        sees, ``reconnecting`` when the connection is lost (the consumer restarts its steps),
+        ``shutting down`` when the worker stops."""
+
+        requires = ("celery.worker.consumer.tasks:Tasks",)
+
+        def start(self, c: Any) -> None:
+            if not _HEALTH:
+                return
+            recorder = _HEALTH[0]
+            recorder.loop_driven = c.hub is not None
+            if recorder.fields.get("state") != "shutting down":
+                recorder.update(state="ready", **_observe(c))
+            recorder.start()
+            if c.hub is not None:
+                c.hub.call_repeatedly(INTERVAL, lambda: recorder.tick(**_observe(c)))
+
+        def stop(self, c: Any) -> None:
+            if not _HEALTH:
+                return
+            from celery.bootsteps import CLOSE, TERMINATE
+            from celery.worker import state
+
+            stopping = c.blueprint.state in (CLOSE, TERMINATE) or state.should_stop is not None or (
+                state.should_terminate is not None
+            )
+            if _HEALTH[0].fields.get("state") == "shutting down":
+                stopping = True
+            _HEALTH[0].update(
+                state="shutting down" if stopping else "reconnecting", connected=False, consuming=False, queues=[]
+            )
+
+        def shutdown(self, c: Any) -> None:
+            if _HEALTH:
+                _HEALTH[0].update(state="shutting down", connected=False, consuming=False, queues=[])
+
+    return [BatchedTaskEvents, RejectUndecodable, GracefulTerm, HealthReport]
+
+
+def _observe(c: Any) -> dict[str, Any]:
+    """What the health record says about the consumer, read on the event loop."""
+    from celery.worker import state
+
+    tags = getattr(c.task_consumer, "_active_tags", None) or {}
+    connection = c.connection
+    return {
+        "connected": bool(connection is not None and connection.connected),
+        "consuming": bool(tags),
+        "queues": sorted(str(q) for q in tags),
+        "active": len(state.active_requests),
+        "processed": sum(state.total_count.values()),
+    }
 
 
 def _queue_of(c: Any, message: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,6 +16,7 @@ from celeryctl.cli.options import (
     QueueTypeOpt,
     count_parser,
     parse_queue_list,
+    port_parser,
     resolve,
     seconds_parser,
 )
@@ -85,6 +87,26 @@ def worker(
             "(keep it below the container's kill timeout: Kubernetes 30 s, docker stop 10 s).",
         ),
     ] = DEFAULT_GRACE,
+    health_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--health-file",
+            metavar="PATH",
+            help="Where the worker writes its health record every second (default: "
+            "DATA_DIR/health/NODE.json); celeryctl probe worker reads it.",
+            show_default=False,
+        ),
+    ] = None,
+    health_port: Annotated[
+        int | None,
+        typer.Option(
+            "--health-port",
+            parser=port_parser(),
+            metavar="PORT",
+            help="Also serve GET /livez and /readyz on 127.0.0.1:PORT (200 or 503, JSON).",
+            show_default=False,
+        ),
+    ] = None,
     durable: Annotated[
         bool,
         typer.Option(
@@ -105,7 +127,8 @@ def worker(
     takes one task at a time; task events are on.  SIGTERM: no new tasks, the running ones get
     --grace seconds to finish, what is left is re-queued, exit 0.  Ctrl-C: warm shutdown, twice:
     cold.  A message that cannot be decoded is rejected (dead-lettered on a quorum queue).  A
-    broker that cannot be reached is an error within seconds (exit 6).
+    broker that cannot be reached is an error within seconds (exit 6).  The worker keeps a health
+    record (state, connection, queues, tasks, a heartbeat every second) for celeryctl probe worker.
     """
     from celeryctl import topology
     from celeryctl import worker as core
@@ -133,6 +156,9 @@ def worker(
         durable=durable,
         queue_policy=topology.policy(settings),
         grace=grace,
+        data_dir=settings.data_dir,
+        health_file=health_file,
+        health_port=health_port,
     )
     banner(plan)
     code = core.run(app, plan)

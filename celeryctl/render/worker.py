@@ -36,6 +36,11 @@ def banner(plan: WorkerPlan) -> None:
         )
     elif plan.queue_type == "app":
         table.add_row("delivery", "the app's own queues (task_queues)")
+    if plan.health_file:
+        where = plan.health_file
+        if plan.health_port is not None:
+            where += f"\nhttp://127.0.0.1:{plan.health_port}/livez and /readyz"
+        table.add_row("health", escape(where) + f"\n[dim]celeryctl probe worker {escape(plan.node)} [--ready][/]")
     table.add_row("SIGTERM", f"running tasks get {plan.grace:g} s to finish, then are re-queued")
     table.add_row("concurrency", f"{plan.concurrency} ({escape(plan.pool)})")
     if plan.beat:
