@@ -31,7 +31,9 @@ app = typer.Typer(
     name="celeryctl",
     no_args_is_help=True,
     rich_markup_mode=None,  # plain click help: typer.rich_utils alone costs ~50 ms of start-up
-    add_completion=False,
+    # --install-completion / --show-completion: typer.main imports typer.completion anyway, so
+    # this costs --help nothing measurable (README: 'Shell completion').
+    add_completion=True,
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},

@@ -32,7 +32,9 @@ def _cluster(data_dir: object) -> Cluster:
 def install(json_: JsonOpt = False) -> None:
     """Install rabbitmq-server with apt-get, or say which version is already there.
 
-    Needs root; otherwise prints the exact sudo command and exits 5.
+    apt-get needs root; otherwise it prints the exact sudo command and exits 5.  With dnf
+    (Fedora, RHEL family), apk (Alpine) or Homebrew (macOS) it prints the exact command for that
+    system and exits 4 (--json: error.details.command); with none of them, what to install.
     """
     from celeryctl.rabbitmq import install as installer
 

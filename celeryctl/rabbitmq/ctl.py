@@ -35,6 +35,9 @@ BIN_DIR_ENV = "CELERYCTL_RABBITMQ_BIN_DIR"
 # Where distributions put the real scripts (Debian's /usr/sbin ones are wrappers that switch
 # to the rabbitmq user when run as root, which a private node must not do).
 WELL_KNOWN_BIN_DIRS = ("/usr/lib/rabbitmq/bin", "/usr/local/sbin", "/usr/sbin", "/opt/homebrew/sbin")
+# Homebrew's default prefixes: Apple Silicon, Intel Macs, Linux.  Neither PREFIX/sbin nor the
+# keg's $(brew --prefix rabbitmq)/sbin is on macOS's default PATH.
+HOMEBREW_PREFIXES = ("/opt/homebrew", "/usr/local", "/home/linuxbrew/.linuxbrew")
 INSTALL_HINT = "install RabbitMQ with: celeryctl broker install"
 # Each rabbitmqctl call boots an Erlang node of its own that listens for distribution (on
 # 35672-35682 by default, every interface): for a node on this machine, loopback is enough.
@@ -70,8 +73,9 @@ def check_node_name(name: str, what: str = "the node name") -> str:
 def find_bin_dir(env: Mapping[str, str] | None = None) -> Path | None:
     """The directory of the real ``rabbitmq-server``/``rabbitmqctl`` scripts, or None.
 
-    ``CELERYCTL_RABBITMQ_BIN_DIR`` pins it (and only it is searched); otherwise PATH, then the
-    places distributions use.  A Debian wrapper found on PATH maps to /usr/lib/rabbitmq/bin.
+    ``CELERYCTL_RABBITMQ_BIN_DIR`` pins it (and only it is searched); otherwise PATH, then
+    Homebrew's (:func:`homebrew_bin_dirs`), then the places distributions use.  A Debian wrapper
+    found on PATH maps to /usr/lib/rabbitmq/bin.
     """
     env = os.environ if env is None else env
     pinned = env.get(BIN_DIR_ENV)
@@ -83,6 +87,7 @@ def find_bin_dir(env: Mapping[str, str] | None = None) -> Path | None:
     if found:
         real = Path(found).resolve().parent
         candidates.append(real)
+    candidates.extend(homebrew_bin_dirs(env))
     candidates.extend(Path(d) for d in WELL_KNOWN_BIN_DIRS)
     for d in candidates:
         server, ctl = d / "rabbitmq-server", d / "rabbitmqctl"
@@ -92,6 +97,21 @@ def find_bin_dir(env: Mapping[str, str] | None = None) -> Path | None:
             return Path("/usr/lib/rabbitmq/bin")
         return d
     return None
+
+
+def homebrew_bin_dirs(env: Mapping[str, str] | None = None) -> list[Path]:
+    """Homebrew's PREFIX/sbin (links) and PREFIX/opt/rabbitmq/sbin (the keg), most likely PREFIX first.
+
+    PREFIX: ``$HOMEBREW_PREFIX`` (set by ``brew shellenv``), that of the ``brew`` on PATH
+    (PREFIX/bin/brew: no slow ``brew --prefix`` call), then :data:`HOMEBREW_PREFIXES`.
+    """
+    env = os.environ if env is None else env
+    prefixes = [env["HOMEBREW_PREFIX"]] if env.get("HOMEBREW_PREFIX") else []
+    brew = shutil.which("brew", path=env.get("PATH", os.defpath))
+    if brew:
+        prefixes.append(str(Path(brew).parent.parent))  # not resolved: Intel's bin/brew links elsewhere
+    prefixes.extend(HOMEBREW_PREFIXES)
+    return [Path(p) / sub for p in dict.fromkeys(prefixes) for sub in ("sbin", "opt/rabbitmq/sbin")]
 
 
 def _is_debian_wrapper(path: Path) -> bool:
@@ -109,14 +129,29 @@ def require_bin_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 def installed_version(bin_dir: Path) -> str | None:
-    """The RabbitMQ version of an installation, read from its files (no Erlang VM)."""
-    for lib in (bin_dir.parent / "lib", bin_dir.parent / "lib" / "rabbitmq" / "lib", Path("/usr/lib/rabbitmq/lib")):
+    """The RabbitMQ version of an installation, read from its files (no Erlang VM).
+
+    The scripts' links lead to the real tree: a package's ``lib/rabbitmq_server-VERSION``, or
+    the generic build's (and a Homebrew keg's, ``Cellar/rabbitmq/VERSION``) ``plugins/rabbit-VERSION``.
+    """
+    home = (bin_dir / "rabbitmqctl").resolve().parent.parent
+    if home.name.startswith("rabbitmq_server-"):
+        return home.name.split("-", 1)[1]
+    server_lib = "rabbitmq_server-"
+    for lib, head in (
+        (home / "plugins", "rabbit-"),
+        (bin_dir.parent / "lib", server_lib),
+        (bin_dir.parent / "lib" / "rabbitmq" / "lib", server_lib),
+        (Path("/usr/lib/rabbitmq/lib"), server_lib),
+    ):
         try:
-            for entry in sorted(lib.iterdir()):
-                if entry.name.startswith("rabbitmq_server-"):
-                    return entry.name.split("-", 1)[1]
+            names = sorted(entry.name for entry in lib.iterdir())
         except OSError:
             continue
+        for name in names:
+            version = name[len(head) :].removesuffix(".ez") if name.startswith(head) else ""
+            if version[:1].isdigit():
+                return version
     return None
 
 
