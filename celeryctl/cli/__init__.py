@@ -65,6 +65,7 @@ from celeryctl.cli import broker  # noqa: E402
 from celeryctl.cli import convert_queue as convert_queue_cmd  # noqa: E402
 from celeryctl.cli import dead as dead_cmd  # noqa: E402
 from celeryctl.cli import demo as demo_cmd  # noqa: E402
+from celeryctl.cli import deploy as deploy_cmd  # noqa: E402
 from celeryctl.cli import doctor as doctor_cmd  # noqa: E402
 from celeryctl.cli import flower as flower_cmd  # noqa: E402
 from celeryctl.cli import queues as queues_cmd  # noqa: E402
@@ -89,6 +90,7 @@ app.command("flower")(flower_cmd.flower)
 app.command("convert-queue", cls=options.PlainHelpCommand)(convert_queue_cmd.convert_queue)
 app.add_typer(broker.app, name="broker")
 app.add_typer(dead_cmd.app, name="dead")
+app.add_typer(deploy_cmd.app, name="deploy")
 
 
 def _wants_json(argv: list[str]) -> bool:
