@@ -140,9 +140,16 @@ def test_systemd_units_verify_and_say_how_to_stop(made: Made) -> None:
     if analyze is None:
         pytest.skip("systemd-analyze is not installed")
     proc = subprocess.run(
-        [analyze, "verify", "--man=no", str(made.systemd / "celeryctl-worker@w1.service"),
-         str(made.systemd / "celeryctl-workers.target")],
-        capture_output=True, text=True, timeout=30,
+        [
+            analyze,
+            "verify",
+            "--man=no",
+            str(made.systemd / "celeryctl-worker@w1.service"),
+            str(made.systemd / "celeryctl-workers.target"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
         env={**os.environ, "SYSTEMD_UNIT_PATH": f"{made.systemd}:"},  # trailing ':' keeps the usual paths
     )
     # verify only warns about unknown keys and bad values: any line about our files is a failure
@@ -198,7 +205,7 @@ def test_dry_run_masks_and_writes_nothing(made: Made) -> None:
     out = made.root / "dry"
     res = made.run("deploy", "systemd", "--dry-run", "--output", str(out))
     assert res.returncode == 0, res.output
-    assert "CELERYCTL_BROKER_URL=\"amqp://deployer:****@" in res.stdout and PASSWORD not in res.output
+    assert 'CELERYCTL_BROKER_URL="amqp://deployer:****@' in res.stdout and PASSWORD not in res.output
     assert "ExecStart=" in res.stdout and not out.exists()
     res = made.run("deploy", "kubernetes", "--image", "app:1", "--dry-run", "--json", "--output", str(out))
     assert res.returncode == 0 and PASSWORD not in res.output and not out.exists()

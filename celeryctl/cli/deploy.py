@@ -52,9 +52,7 @@ GraceOpt = Annotated[
         help="The worker's --grace after SIGTERM; the service manager waits this plus 15 s before SIGKILL.",
     ),
 ]
-DryRunOpt = Annotated[
-    bool, typer.Option("--dry-run", help="Print the files (passwords masked) and write nothing.")
-]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the files (passwords masked) and write nothing.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite files that exist (never without it).")]
 
 
@@ -82,11 +80,15 @@ def systemd(
     queues: QueuesOpt = None,
     user: Annotated[
         str | None,
-        typer.Option("--user", "-u", metavar="USER", help="Run the workers as this user (default root).", show_default=False),
+        typer.Option(
+            "--user", "-u", metavar="USER", help="Run the workers as this user (default root).", show_default=False
+        ),
     ] = None,
     group: Annotated[
         str | None,
-        typer.Option("--group", metavar="GROUP", help="...and this group (default: the user's own).", show_default=False),
+        typer.Option(
+            "--group", metavar="GROUP", help="...and this group (default: the user's own).", show_default=False
+        ),
     ] = None,
     grace: GraceOpt = DEFAULT_GRACE,
     workdir: Annotated[
@@ -154,21 +156,24 @@ def kubernetes(
     image: Annotated[
         str | None,
         typer.Option(
-            "--image", metavar="IMAGE", help="Container image with celeryctl and your app (required).", show_default=False
+            "--image",
+            metavar="IMAGE",
+            help="Container image with celeryctl and your app (required).",
+            show_default=False,
         ),
     ] = None,
     workers: Annotated[
         int,
-        typer.Option(
-            "--workers", "-w", parser=count_parser(low=1, high=1000), metavar="N", help="Replicas (1-1000)."
-        ),
+        typer.Option("--workers", "-w", parser=count_parser(low=1, high=1000), metavar="N", help="Replicas (1-1000)."),
     ] = 1,
     app_spec: AppOpt = None,
     queues: QueuesOpt = None,
     name: Annotated[str, typer.Option("--name", metavar="NAME", help="The Deployment's name.")] = "celeryctl-worker",
     namespace: Annotated[
         str | None,
-        typer.Option("--namespace", "-n", metavar="NS", help="Namespace (default: kubectl's current one).", show_default=False),
+        typer.Option(
+            "--namespace", "-n", metavar="NS", help="Namespace (default: kubectl's current one).", show_default=False
+        ),
     ] = None,
     grace: GraceOpt = DEFAULT_GRACE,
     output: Annotated[

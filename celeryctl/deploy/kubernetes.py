@@ -77,7 +77,9 @@ def check_spec(spec: KubernetesSpec) -> str:
             "for example --image registry.example.com/myapp:1.4.2",
         )
     if any(ch.isspace() for ch in spec.image) or any(ord(ch) < 0x20 for ch in spec.image):
-        raise UsageError(f"--image {spec.image!r} holds a space or a control character", "name one image, e.g. myapp:1.4.2")
+        raise UsageError(
+            f"--image {spec.image!r} holds a space or a control character", "name one image, e.g. myapp:1.4.2"
+        )
     if not 1 <= spec.replicas <= MAX_REPLICAS:
         raise UsageError(f"--workers must be from 1 to {MAX_REPLICAS}, got {spec.replicas}")
     check_name(spec.name, "--name", limit=63 - len("-secret"))
@@ -121,7 +123,7 @@ def _metadata(spec: KubernetesSpec, name: str, indent: str = "") -> list[str]:
 
 
 def _labels(spec: KubernetesSpec, indent: str) -> list[str]:
-    return [f"{indent}app.kubernetes.io/name: {y(spec.name)}", f"{indent}app.kubernetes.io/component: \"worker\""]
+    return [f"{indent}app.kubernetes.io/name: {y(spec.name)}", f'{indent}app.kubernetes.io/component: "worker"']
 
 
 def _env(spec: KubernetesSpec) -> list[str]:
@@ -138,10 +140,10 @@ def _env(spec: KubernetesSpec) -> list[str]:
         else:
             lines.append(f"          value: {y(value)}")
     lines += [
-        "        - name: \"CELERYCTL_DATA_DIR\"",
+        '        - name: "CELERYCTL_DATA_DIR"',
         f"          value: {y(DATA_DIR)}",
-        "        - name: \"PYTHONUNBUFFERED\"",
-        "          value: \"1\"",
+        '        - name: "PYTHONUNBUFFERED"',
+        '          value: "1"',
     ]
     return lines
 
@@ -168,12 +170,12 @@ def deployment(spec: KubernetesSpec) -> str:
         "    spec:",
         f"      terminationGracePeriodSeconds: {stop_timeout(spec.grace)}",
         "      containers:",
-        "      - name: \"worker\"",
+        '      - name: "worker"',
         f"        image: {y(image)}",
         f"        command: {_flow(worker_command(spec))}",
         *_env(spec),
         "        volumeMounts:",
-        "        - name: \"health\"",
+        '        - name: "health"',
         f"          mountPath: {y(HEALTH_DIR)}",
         "        # until the first health record: up to 2 minutes to import the app and reach the broker",
         "        startupProbe:",
@@ -197,9 +199,9 @@ def deployment(spec: KubernetesSpec) -> str:
         "          timeoutSeconds: 5",
         "          failureThreshold: 2",
         "      volumes:",
-        "      - name: \"health\"",
+        '      - name: "health"',
         "        emptyDir:",
-        "          medium: \"Memory\"",
+        '          medium: "Memory"',
         "",
     ]
     return "\n".join(lines)
