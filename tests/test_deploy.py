@@ -245,3 +245,19 @@ def test_exec_arg_keeps_values_literal() -> None:
     assert exec_arg("50%$x") == '"50%%$$x"'
     assert exec_arg('a b"\\') == '"a b\\"\\\\"'
     assert json.loads(exec_arg("tab\there")) == "tab\there"  # C escapes, as JSON reads them
+
+
+def test_output_to_the_unit_directory_installs_in_place() -> None:
+    from celeryctl.deploy import systemd as units
+
+    spec = units.SystemdSpec(
+        program=PROGRAM, environment={"CELERYCTL_BROKER_URL": "amqp://u:pw@h//"}, output=units.UNIT_DIR
+    )
+    plan = units.plan(spec)
+    assert [str(f.path) for f in plan.files] == [
+        "/etc/systemd/system/celeryctl-worker@.service",
+        "/etc/systemd/system/celeryctl-workers.target",
+        "/etc/celeryctl/celeryctl.env",
+    ]
+    assert not [step for step in plan.next_steps if "install " in step]  # nothing to copy
+    assert plan.files[2].masked is not None and "pw" not in plan.files[2].masked

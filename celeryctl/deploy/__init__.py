@@ -168,11 +168,11 @@ def apply(plan: DeployPlan, *, force: bool = False, dry_run: bool = False) -> De
             "or choose another directory with --output",
             details={"existing": [str(p) for p in existing]},
         )
-    try:
-        plan.output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _os_error(plan.output, exc, "create the directory") from None
     for f in plan.files:
+        try:
+            f.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _os_error(f.path.parent, exc, "create the directory") from None
         write_file(f.path, f.text, mode=f.mode)
     return DeployResult(plan, written=True, existing=existing)
 

@@ -147,7 +147,7 @@ def worker_unit(spec: SystemdSpec) -> str:
     program = exec_arg(str(spec.program))
     start = _exec_line(worker_argv(spec), [])
     start += f" -n %i@%H --health-file /run/celeryctl/%i/health.json --grace {seconds_text(spec.grace)}"
-    service: list[str] = ["Type=exec"]
+    service: list[str] = ["Type=simple"]
     if spec.user:
         service.append(f"User={spec.user}")
     if spec.group:
@@ -238,7 +238,7 @@ def _sudo() -> str:
 
 def next_steps(spec: SystemdSpec, output: Path) -> list[str]:
     sudo = _sudo()
-    env_src = output / ENV_NAME
+    env_src = env_path(spec, output)
     steps = []
     if env_src != spec.env_file:
         steps.append(
@@ -255,18 +255,25 @@ def next_steps(spec: SystemdSpec, output: Path) -> list[str]:
     return steps
 
 
+def env_path(spec: SystemdSpec, output: Path) -> Path:
+    """Where the environment file is written: beside the units, or (--output /etc/systemd/system,
+    installing directly) where the units read it."""
+    return spec.env_file if output == UNIT_DIR else output / ENV_NAME
+
+
 def plan(spec: SystemdSpec) -> DeployPlan:
     """The three files for ``spec``, the commands that install them, and what to know."""
     check_spec(spec)
     output = spec.output.absolute()
+    env_at = env_path(spec, output)
     files = [
         DeployFile(output / WORKER_UNIT, worker_unit(spec)),
         DeployFile(output / TARGET_UNIT, target_unit(spec)),
-        DeployFile(output / ENV_NAME, env_file(spec), PRIVATE_FILE, masked=env_file(spec, masked=True)),
+        DeployFile(env_at, env_file(spec), PRIVATE_FILE, masked=env_file(spec, masked=True)),
     ]
+    keep = "" if env_at == spec.env_file else f": install it as {spec.env_file}, then delete this copy or keep it"
     notes = [
-        f"{ENV_NAME} holds the broker password (mode 0600): install it as {spec.env_file}, then delete "
-        "this copy or keep it out of version control",
+        f"{env_at} holds the broker password (mode 0600){keep or ': keep it'} out of version control",
         f"check a worker: {shlex.quote(str(spec.program))} probe worker --file /run/celeryctl/w1/health.json --ready",
     ]
     return DeployPlan("systemd", output, files, next_steps(spec, output), notes, _warnings(spec))

@@ -19,8 +19,10 @@ def show(result: DeployResult, *, as_json: bool) -> None:
         render.emit_json(render.ok_doc(**result.to_dict()))
         return
     if not result.written:
-        for f in plan.files:
+        for i, f in enumerate(plan.files):
             masked = ", password masked" if f.secret else ""
+            if i:
+                render.out.print()
             render.out.print(f"# ==> {f.path} (mode {f.mode:04o}{masked}) <==", markup=False)
             render.out.print(f.shown, markup=False, end="" if f.shown.endswith("\n") else "\n")
         for path in result.existing:
@@ -28,7 +30,7 @@ def show(result: DeployResult, *, as_json: bool) -> None:
     for message in plan.warnings:
         render.warn(message)
     if not result.written:
-        render.info(f"dry run: nothing written; without --dry-run these {len(plan.files)} files go to {plan.output}")
+        render.info(f"dry run: nothing written; without --dry-run these {len(plan.files)} files are written")
         return
     for f in plan.files:
         replaced = " (replaced)" if f.path in result.existing else ""
