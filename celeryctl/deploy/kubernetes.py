@@ -29,7 +29,8 @@ DEFAULT_NAME = "celeryctl-worker"
 DEPLOYMENT_NAME = "deployment.yaml"
 SECRET_NAME = "secret.yaml"
 HEALTH_DIR = "/run/celeryctl"
-HEALTH_FILE = f"{HEALTH_DIR}/health.json"
+# in a directory of its own that the worker creates (as the container's user) inside the emptyDir
+HEALTH_FILE = f"{HEALTH_DIR}/health/worker.json"
 DATA_DIR = f"{HEALTH_DIR}/data"
 MAX_AGE = 10  # liveness: the record must be this fresh (the worker writes it about every second)
 MAX_REPLICAS = 1000
