@@ -67,6 +67,7 @@ from celeryctl.cli import broker  # noqa: E402
 from celeryctl.cli import convert_queue as convert_queue_cmd  # noqa: E402
 from celeryctl.cli import dead as dead_cmd  # noqa: E402
 from celeryctl.cli import demo as demo_cmd  # noqa: E402
+from celeryctl.cli import deploy as deploy_cmd  # noqa: E402
 from celeryctl.cli import doctor as doctor_cmd  # noqa: E402
 from celeryctl.cli import flower as flower_cmd  # noqa: E402
 from celeryctl.cli import probe as probe_cmd  # noqa: E402
@@ -93,6 +94,7 @@ app.command("convert-queue", cls=options.PlainHelpCommand)(convert_queue_cmd.con
 app.add_typer(broker.app, name="broker")
 app.add_typer(dead_cmd.app, name="dead")
 app.add_typer(probe_cmd.app, name="probe")
+app.add_typer(deploy_cmd.app, name="deploy")
 
 
 def _wants_json(argv: list[str]) -> bool:
