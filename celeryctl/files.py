@@ -102,6 +102,17 @@ def write_file(path: Path, data: bytes | str, *, mode: int = PRIVATE_FILE, sync:
     return path
 
 
+def make_dir(path: Path) -> Path:
+    """Create ``path`` and its parents if missing, with the usual permissions (a directory others
+    may read: service files, a worker's health record); errors are one line, as for files."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _os_error(path, exc, "create the directory") from None
+    return path
+
+
 def private_dir(path: Path) -> Path:
     """Create ``path`` (and its parents) if missing and make it 0700; refuse one that is not ours.
 

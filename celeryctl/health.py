@@ -213,7 +213,11 @@ def _ago(seconds: float) -> str:
         return f"{seconds:.1f} s ago"
     if seconds < 120:
         return f"{seconds:.0f} s ago"
-    return f"{seconds / 60:.0f} min ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
 
 
 def probe(
@@ -318,10 +322,12 @@ class Recorder:
         self._wake.set()
 
     def tick(self, **fields: Any) -> None:
-        """The event loop ran (and saw ``fields``)."""
+        """The event loop ran (and saw ``fields``): written at once, so that a record on disk is
+        never more than one interval older than the loop's last turn."""
         with self._lock:
             self.last_tick = time.time()
             self.fields.update(fields)
+        self._wake.set()
 
     # -- read by the thread and the HTTP endpoints
 
@@ -371,9 +377,6 @@ class Recorder:
     def start(self) -> None:
         if self._thread is not None:
             return
-        from celeryctl.files import private_dir
-
-        private_dir(self.path.parent)
         self.write()
         self._thread = threading.Thread(target=self._run, name="celeryctl-health", daemon=True)
         self._thread.start()

@@ -75,10 +75,10 @@ def open_health(path: Path, node: str, *, beat: bool = False, port: int | None =
     runs) and its HTTP endpoints (served now: a port in use is an error before the worker starts,
     and /livez answers while the worker starts)."""
     from celeryctl.errors import PortInUseError
-    from celeryctl.files import private_dir
+    from celeryctl.files import make_dir
 
     recorder = Recorder(path, node, beat=beat, on_error=lambda m: logger.warning("health record: %s", m))
-    private_dir(recorder.path.parent)
+    make_dir(recorder.path.parent)  # not private: the record holds no secret, and probes may run as another user
     recorder.write()
     server = None
     if port is not None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from celeryctl.broker import mask_url
 from celeryctl.errors import NotConfirmedError, NotInstalledError
-from celeryctl.files import PRIVATE_FILE, _os_error, write_file
+from celeryctl.files import PRIVATE_FILE, make_dir, write_file
 
 if TYPE_CHECKING:
     from celeryctl.settings import Settings
@@ -169,10 +169,7 @@ def apply(plan: DeployPlan, *, force: bool = False, dry_run: bool = False) -> De
             details={"existing": [str(p) for p in existing]},
         )
     for f in plan.files:
-        try:
-            f.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise _os_error(f.path.parent, exc, "create the directory") from None
+        make_dir(f.path.parent)
         write_file(f.path, f.text, mode=f.mode)
     return DeployResult(plan, written=True, existing=existing)
 
