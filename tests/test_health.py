@@ -51,17 +51,22 @@ def test_a_fresh_ready_record_is_alive_ready_and_says_what_it_does() -> None:
 @pytest.mark.parametrize(
     ("fields", "kwargs", "code", "text"),
     [
-        ({"heartbeat": time.time() - 30}, {}, "stale", "ready, but the last heartbeat was 30 s ago (--max-age 10 s)"),
+        ({"heartbeat": -30}, {}, "stale", "ready, but the last heartbeat was 30 s ago (--max-age 10 s)"),
         ({"state": "stopped"}, {}, "stopped", "stopped 0."),
         ({"state": "reconnecting", "connected": False, "consuming": False}, {"ready": True}, "not_ready",
          "reconnecting: not connected to the broker"),
         ({"consuming": False, "queues": []}, {"ready": True}, "not_ready", "ready: consuming no queue"),
         ({}, {"beat": True}, "no_beat", "runs no beat scheduler"),
-        ({"beat": {"tick": time.time() - 100, "next_in": 5.0}}, {"beat": True}, "beat_stale",
+        ({"beat": {"tick": -100, "next_in": 5.0}}, {"beat": True}, "beat_stale",
          "beat last ran its schedule 100 s ago (allowed 15 s)"),
     ],
 )
 def test_each_failure_names_its_reason(fields: dict[str, Any], kwargs: dict[str, Any], code: str, text: str) -> None:
+    now = time.time()  # times in the table are relative to now
+    if "heartbeat" in fields:
+        fields = {**fields, "heartbeat": now + fields["heartbeat"]}
+    if "beat" in fields:
+        fields = {**fields, "beat": {**fields["beat"], "tick": now + fields["beat"]["tick"]}}
     v = verdict(record(**fields), **kwargs)
     assert (v.ok, v.code) == (False, code) and text in v.line(), v.line()
     assert v.to_dict()["error"]["exit_code"] == 1 and v.hint()
