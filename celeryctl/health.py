@@ -255,18 +255,26 @@ def find_record(data_dir: Path, name: str | None) -> Path | None:
         found = sorted(p for p in folder.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
     except OSError:
         found = []
-    if len(found) > 1:
-        live = [p for p in found if not _stopped(p)]
-        if len(live) == 1:
-            return live[0]
-        from celeryctl.errors import UsageError
+    if len(found) <= 1:
+        return found[0] if found else None
+    live = [p for p in found if not _stopped(p)]
+    if len(live) == 1:
+        return live[0]
+    if not live:  # every worker stopped: the last one to stop says so
+        return max(found, key=_mtime)
+    from celeryctl.errors import UsageError
 
-        names = ", ".join(p.stem for p in (live or found))
-        raise UsageError(
-            f"{len(live or found)} workers keep health records in {folder}: {names}",
-            "name one: celeryctl probe worker NAME (or --file PATH)",
-        )
-    return found[0] if found else None
+    raise UsageError(
+        f"{len(live)} workers keep health records in {folder}: {', '.join(p.stem for p in live)}",
+        "name one: celeryctl probe worker NAME (or --file PATH)",
+    )
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _stopped(path: Path) -> bool:

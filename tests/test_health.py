@@ -129,6 +129,9 @@ def test_several_workers_need_a_name_and_a_live_one_is_chosen(cli: CliRun, isola
     write(folder, record(node="b@box", state="stopped"))
     r = cli("probe", "worker", "--ready")
     assert r.returncode == 0 and r.stdout.startswith("ready: a@box ready")
+    write(folder, record(node="a@box", state="stopped"))  # none runs: the last to stop answers
+    r = cli("probe", "worker")
+    assert r.returncode == 1 and r.stdout.startswith("not alive: a@box stopped")
     r = cli("probe", "worker", "a", "--data-dir", str(folder.parent))  # "a" is a@<this host>: none here
     assert r.returncode == 1 and f"a@{socket.gethostname()}.json" in r.stdout
 
