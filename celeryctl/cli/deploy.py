@@ -13,9 +13,9 @@ from celeryctl.cli.options import (
     BrokerOpt,
     JsonOpt,
     MaxDeliveriesOpt,
+    QueuesOpt,
     QueueTypeOpt,
     count_parser,
-    parse_queue_list,
     resolve,
     seconds_parser,
 )
@@ -32,17 +32,6 @@ app = typer.Typer(
     rich_markup_mode=None,  # plain click help: typer.rich_utils alone costs ~50 ms of start-up
 )
 
-QueuesOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--queues",
-        "-Q",
-        parser=parse_queue_list,
-        metavar="QUEUES",
-        help="Queues the workers consume, comma-separated or repeated (default: the worker's, celery).",
-        show_default=False,
-    ),
-]
 GraceOpt = Annotated[
     float,
     typer.Option(

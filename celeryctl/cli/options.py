@@ -219,6 +219,17 @@ MaxDeliveriesOpt = Annotated[
         show_default=False,
     ),
 ]
+QueuesOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--queues",
+        "-Q",
+        parser=parse_queue_list,
+        metavar="QUEUES",
+        help="Queues the worker consumes, comma-separated or repeated (default celery).",
+        show_default=False,
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (errors too).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show more detail.")]
 # queues, status and top:

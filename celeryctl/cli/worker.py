@@ -13,9 +13,9 @@ from celeryctl.cli.options import (
     BrokerOpt,
     DataDirOpt,
     MaxDeliveriesOpt,
+    QueuesOpt,
     QueueTypeOpt,
     count_parser,
-    parse_queue_list,
     port_parser,
     resolve,
     seconds_parser,
@@ -45,17 +45,7 @@ def worker(
             show_default=False,
         ),
     ] = None,
-    queues: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--queues",
-            "-Q",
-            parser=parse_queue_list,
-            metavar="QUEUES",
-            help="Queues to consume, comma-separated or repeated (default celery).",
-            show_default=False,
-        ),
-    ] = None,
+    queues: QueuesOpt = None,
     loglevel: Annotated[
         str, typer.Option("--loglevel", "-l", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     ] = "INFO",
