@@ -9,6 +9,7 @@ turns so that the machine's load falls on all alike:
 
 * ``celeryctl probe worker NAME``          (liveness: reads the health record)
 * ``celeryctl probe worker NAME --ready``  (readiness: also connected and consuming)
+* ``celeryctl probe worker --file PATH``   (the record named: no settings to resolve)
 * ``celery -A celeryctl.demo:app inspect ping -d NAME``  (the anchor: a broker round trip,
   Celery's default timeout of 1 s)
 * ``curl -sf http://127.0.0.1:PORT/readyz`` (the worker's --health-port; in-process urllib
@@ -18,7 +19,7 @@ once with the worker idle, and once busy: its only process runs ``sleep 600`` (s
 the health record shows 1 active).  Prints the table, what each probe answered, the ratios
 inspect ping / probe worker, and ``celeryctl --help`` measured in the same run for reference.
 
-Usage: python3 benchmarks/bench_probe.py [--quick] [--runs N]
+Usage: python3 benchmarks/bench_probe.py [--quick] [--runs N] [--pool solo]
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Bench:
     ctl_env: dict[str, str]  # celeryctl's settings (CELERYCTL_*)
     celery_env: dict[str, str]  # the celery CLI's (CELERY_BROKER_URL)
     worker_log: Path
+    pool: str
 
 
 def console_script(name: str) -> list[str]:
@@ -93,7 +95,7 @@ def wait_until(
 
 
 @contextmanager
-def node_and_worker() -> Iterator[tuple[Bench, subprocess.Popen[bytes]]]:
+def node_and_worker(pool: str) -> Iterator[tuple[Bench, subprocess.Popen[bytes]]]:
     """The node and a ``celeryctl worker -c 1``, ready (``probe worker --ready`` passes) when this
     yields; the worker stopped (SIGTERM), the node stopped and the directory removed afterwards."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-probe-"))
@@ -108,11 +110,11 @@ def node_and_worker() -> Iterator[tuple[Bench, subprocess.Popen[bytes]]]:
         celery_env = {**base, "CELERY_BROKER_URL": info.url, "CELERY_RESULT_BACKEND": "rpc://"}
         name = f"bench@{socket.gethostname()}"
         bench = Bench(tmp, info, name, tmp / "data" / "health" / f"{name}.json", port, ctl_env, celery_env,
-                      tmp / "worker.log")  # fmt: skip
+                      tmp / "worker.log", pool)  # fmt: skip
         with open(bench.worker_log, "wb") as out:
             # A session of its own: Ctrl-C reaches this script, which then stops the worker itself.
             worker = subprocess.Popen(
-                [*CELERYCTL, "worker", "-A", APP, "-c", "1", "-n", "bench@%h", "--health-port", str(port),
+                [*CELERYCTL, "worker", "-A", APP, "-c", "1", "-P", pool, "-n", "bench@%h", "--health-port", str(port),
                  "--grace", "1", "-l", "INFO"],
                 stdout=out, stderr=subprocess.STDOUT, env=ctl_env, cwd=tmp, start_new_session=True,
             )  # fmt: skip
@@ -151,6 +153,10 @@ def probes(bench: Bench) -> dict[str, tuple[list[str] | None, dict[str, str]]]:
     return {
         "celeryctl probe worker NAME": ([*CELERYCTL, "probe", "worker", bench.node], bench.ctl_env),
         "celeryctl probe worker NAME --ready": ([*CELERYCTL, "probe", "worker", bench.node, "--ready"], bench.ctl_env),
+        "celeryctl probe worker --file PATH": (
+            [*CELERYCTL, "probe", "worker", "--file", str(bench.record)],
+            bench.ctl_env,
+        ),
         "celery inspect ping -d NAME (anchor)": (
             [*CELERY, "-A", APP, "inspect", "ping", "-d", bench.node],
             bench.celery_env,
@@ -175,12 +181,20 @@ def measure(bench: Bench, runs: int) -> dict[str, list[Measured]]:
 
 
 def make_busy(bench: Bench, worker: subprocess.Popen[bytes]) -> str:
-    """Submit a task that outlasts the busy phase; return once the record shows it active."""
+    """Submit a task that outlasts the busy phase; return once the record shows it active (or,
+    for a pool that runs it on the event loop and so stops the record's updates, the log shows
+    it received)."""
     done = run_measured([*CELERYCTL, "submit", "-A", APP, "sleep", str(BUSY_SECONDS)], bench.ctl_env, bench.tmp)
     if done.code != 0:
         raise RuntimeError(f"submit sleep {BUSY_SECONDS} failed (exit {done.code}):\n{done.output}")
-    wait_until("the record shows 1 active", lambda: record_of(bench).get("active") == 1, bench, worker, 60)
-    return done.output.strip().splitlines()[-1]
+    task = done.output.strip().splitlines()[-1]
+
+    def running() -> bool:
+        received = f"[{task}] received" in bench.worker_log.read_text(errors="replace")
+        return record_of(bench).get("active") == 1 or (received and bench.pool == "solo")
+
+    wait_until("the record shows 1 active", running, bench, worker, 60)
+    return task
 
 
 def first_lines(results: list[Measured]) -> list[str]:
@@ -221,6 +235,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="5 runs of each (a smoke run)")
     parser.add_argument("--runs", type=int, default=20, help="runs of each probe per state (default 20)")
+    parser.add_argument(
+        "--pool", default="prefork", help="the worker's pool (default prefork; solo runs tasks in its loop)"
+    )
     args = parser.parse_args()
     runs = 5 if args.quick else max(1, args.runs)
 
@@ -230,14 +247,17 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     print(f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}; {runs} runs of each probe")
     try:
-        with node_and_worker() as (bench, worker):
-            print(f"RabbitMQ {bench.info.version} on port {bench.info.port}; worker {bench.node} -c 1, "
+        with node_and_worker(args.pool) as (bench, worker):
+            print(f"RabbitMQ {bench.info.version} on port {bench.info.port}; worker {bench.node} -c 1 -P {args.pool}, "
                   f"--health-port {bench.port}; {CELERYCTL[-1]} / {CELERY[-1]}")  # fmt: skip
             idle = measure(bench, runs)
             task = make_busy(bench, worker)
             busy = measure(bench, runs)
             still = record_of(bench)
             helps = [run_measured([*CELERYCTL, "--help"], bench.ctl_env, bench.tmp) for _ in range(runs + 1)][1:]
+            floor = [run_measured([sys.executable, "-c", "pass"], bench.ctl_env, bench.tmp) for _ in range(runs + 1)][
+                1:
+            ]
     except KeyboardInterrupt:
         print("interrupted: worker and node stopped", file=sys.stderr)
         return 130
@@ -258,6 +278,9 @@ def main() -> int:
     help_wall = statistics.median(m.wall for m in helps) * 1000
     print(f"reference: celeryctl --help {help_wall:.1f} ms wall, "
           f"{statistics.median(m.cpu for m in helps) * 1000:.1f} ms CPU (median of {runs}, same run)")  # fmt: skip
+    print(f"reference: {sys.executable} -c pass (the floor of any Python probe) "
+          f"{statistics.median(m.wall for m in floor) * 1000:.1f} ms wall, "
+          f"{statistics.median(m.cpu for m in floor) * 1000:.1f} ms CPU")  # fmt: skip
     print(f"load at the end {os.getloadavg()[0]:.2f}")
     return 0
 
