@@ -40,6 +40,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from types import FrameType
 
@@ -249,7 +250,7 @@ def main() -> int:
     try:
         with node_and_worker(args.pool) as (bench, worker):
             print(f"RabbitMQ {bench.info.version} on port {bench.info.port}; worker {bench.node} -c 1 -P {args.pool}, "
-                  f"--health-port {bench.port}; {CELERYCTL[-1]} / {CELERY[-1]}")  # fmt: skip
+                  f"--health-port {bench.port}; Celery {version('celery')}; {CELERYCTL[-1]} / {CELERY[-1]}")  # fmt: skip
             idle = measure(bench, runs)
             task = make_busy(bench, worker)
             busy = measure(bench, runs)
