@@ -17,7 +17,9 @@ turns so that the machine's load falls on all alike:
 
 once with the worker idle, and once busy: its only process runs ``sleep 600`` (submitted, then
 the health record shows 1 active).  Prints the table, what each probe answered, the ratios
-inspect ping / probe worker, and ``celeryctl --help`` measured in the same run for reference.
+inspect ping / probe worker, and ``celeryctl --help`` and ``python -c pass`` (the floor of any
+Python probe) measured in the same run for reference.  ``--pool solo`` runs the same with a solo
+worker, whose only thread runs the task: its event loop stops, and so does the heartbeat.
 
 Usage: python3 benchmarks/bench_probe.py [--quick] [--runs N] [--pool solo]
 """
@@ -128,7 +130,7 @@ def node_and_worker(pool: str) -> Iterator[tuple[Bench, subprocess.Popen[bytes]]
             try:
                 worker.wait(30)
             except subprocess.TimeoutExpired:
-                worker.kill()
+                os.killpg(worker.pid, signal.SIGKILL)  # its session: the pool's processes too
                 worker.wait()
         node.stop()
         shutil.rmtree(tmp, ignore_errors=True)
