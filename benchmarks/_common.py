@@ -83,3 +83,32 @@ def median_wall(
         if on_output is not None:
             on_output(proc.stdout)
     return statistics.median(times), code
+
+
+@dataclass
+class Measured:
+    """One whole process: wall seconds, CPU seconds (user + sys of it and the children it waited
+    for, from ``wait4``), exit code and output (stdout and stderr together)."""
+
+    wall: float
+    cpu: float
+    code: int
+    output: str
+
+
+def run_measured(argv: list[str], env: dict[str, str], cwd: Path) -> Measured:
+    """Run ``argv`` to its end, timing its wall and CPU time."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    assert proc.stdout is not None
+    try:
+        output = proc.stdout.read()  # small: the pipe cannot fill before the end
+        _, status, usage = os.wait4(proc.pid, 0)  # the child's own rusage, not the whole RUSAGE_CHILDREN
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.stdout.close()
+    return Measured(wall, usage.ru_utime + usage.ru_stime, proc.returncode, output.decode(errors="replace"))
