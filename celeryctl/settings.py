@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from celeryctl.broker import BrokerUrl, ManagementUrl, mask_url, url_password
 from celeryctl.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
+    from celeryctl.broker import BrokerUrl
     from celeryctl.rabbitmq.cluster import Cluster
     from celeryctl.rabbitmq.node import Node
 
@@ -138,6 +138,8 @@ class Settings:
     @property
     def broker_target(self) -> BrokerUrl:
         """:attr:`broker`, parsed (it was validated when the settings were loaded)."""
+        from celeryctl.broker import BrokerUrl
+
         return BrokerUrl.parse(self.broker, self.sources.get("broker_url", ""))
 
     def bin_dir(self) -> Path | None:
@@ -159,6 +161,8 @@ class Settings:
         return Cluster(self.data_dir, bin_dir=self.rabbitmq_bin_dir)
 
     def to_dict(self, *, reveal: bool = False) -> dict[str, Any]:
+        from celeryctl.broker import mask_url
+
         broker = self.broker
         return {
             "broker_url": broker if reveal else mask_url(broker),
@@ -200,6 +204,8 @@ def _line_of(text: str, key: str) -> int | None:
 
 def read_config_file(path: Path) -> tuple[dict[str, Any], list[str]]:
     """Parse and validate a settings file; return (values, warnings)."""
+    from celeryctl.broker import url_password
+
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -294,6 +300,8 @@ def load_settings(
         setattr(settings, name, _convert(key, value, source))
         settings.sources[name] = source
     if settings.broker_url is not None:
+        from celeryctl.broker import BrokerUrl  # here: a probe that reads no URL does not pay for the parser
+
         BrokerUrl.parse(settings.broker_url, settings.sources["broker_url"])  # ConfigError when it is not AMQP
     if settings.management_url is not None:
         _check_management_url(settings.management_url, settings.sources["management_url"])
@@ -304,6 +312,8 @@ def load_settings(
 
 def _check_management_url(value: str, source: str) -> None:
     """It parses as an http(s) URL (exit 3); given as a flag, it carries no password (exit 2)."""
+    from celeryctl.broker import ManagementUrl
+
     url = ManagementUrl.parse(value, source)
     if url.password is not None and source.startswith("flag"):
         raise UsageError(
