@@ -23,6 +23,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -82,6 +83,50 @@ class RabbitNode:
         return self.runner().run("-q", "server_version", tool="rabbitmq-diagnostics").stdout.strip()
 
 
+class BackgroundStops:
+    """Nodes and clusters stopped on threads, waited for (and their errors raised) at the end.
+
+    A graceful stop takes 3-4 s a node and asserts nothing: the session's nodes stop side by
+    side, and a module's own node while the next module runs.
+    """
+
+    def __init__(self) -> None:
+        self.threads: list[threading.Thread] = []
+        self.errors: list[BaseException] = []
+
+    def __call__(self, stop: Callable[[], object], what: str) -> None:
+        def run() -> None:
+            try:
+                stop()
+            except BaseException as exc:  # noqa: BLE001 - raised again by join()
+                self.errors.append(exc)
+
+        thread = threading.Thread(target=run, name=f"stop {what}")
+        thread.start()
+        self.threads.append(thread)
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join(180)
+        stuck = [t.name for t in self.threads if t.is_alive()]
+        self.threads.clear()
+        assert not stuck, f"still stopping after 180 s: {stuck}"
+        if self.errors:
+            raise self.errors[0]
+
+
+STOP_IN_BACKGROUND = BackgroundStops()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _background_stops() -> Iterator[BackgroundStops]:
+    """Set up first, so torn down last: waits for every node stopped in the background."""
+    try:
+        yield STOP_IN_BACKGROUND
+    finally:
+        STOP_IN_BACKGROUND.join()
+
+
 @pytest.fixture(scope="session")
 def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
     """A running private RabbitMQ node shared by the whole session."""
@@ -93,7 +138,7 @@ def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
     try:
         yield RabbitNode(node, info, data_dir)
     finally:
-        node.stop()
+        STOP_IN_BACKGROUND(node.stop, "the session node")
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +155,7 @@ def mgmt_rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode
     try:
         yield RabbitNode(node, info, data_dir)
     finally:
-        node.stop()
+        STOP_IN_BACKGROUND(node.stop, "the management node")
 
 
 @dataclass
@@ -218,6 +263,11 @@ class BrokerUser:
     password: str
 
 
+def _erlang_binaries(names: list[str]) -> str:
+    """Erlang binaries for ``names`` (UTF-8 bytes, any character), comma-separated, for ``rabbitmqctl eval``."""
+    return ",".join("list_to_binary([" + ",".join(map(str, n.encode())) + "])" for n in names)
+
+
 class VhostFactory:
     """Makes vhosts (and users) on the session node and deletes every one of them at teardown."""
 
@@ -231,9 +281,16 @@ class VhostFactory:
         """A fresh vhost named ``prefix-<random>``; with ``guest``, guest gets .* .* .* on it."""
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
         self.vhosts.append(name)
-        self.runner.run("add_vhost", "--", name)
-        if guest:
-            self.runner.run("set_permissions", "-p", name, "--", "guest", ".*", ".*", ".*")
+        if guest:  # one Erlang VM (~0.5 s) for both: the functions add_vhost and set_permissions call
+            any_ = '<<".*">>'
+            self.runner.run(
+                "eval",
+                f"V = {_erlang_binaries([name])}, ok = rabbit_vhost:add(V, <<\"tests\">>), "
+                f"ok = rabbit_auth_backend_internal:set_permissions(<<\"guest\">>, V, {any_}, {any_}, {any_}, "
+                "<<\"tests\">>), ok.",
+            )
+        else:
+            self.runner.run("add_vhost", "--", name)
         return Vhost(name, self.rabbit.port)
 
     def user(
@@ -252,12 +309,9 @@ class VhostFactory:
         # One rabbitmqctl call (one Erlang VM, ~0.5 s) for every user and vhost, not one each: the
         # parallel calls of a module that made dozens took 5-20 s of its teardown.  A name already
         # deleted by its test is skipped (catch).
-        def binaries(names: list[str]) -> str:
-            return ",".join("list_to_binary([" + ",".join(map(str, n.encode())) + "])" for n in names)
-
         code = (
-            f"[catch rabbit_auth_backend_internal:delete_user(U, <<\"tests\">>) || U <- [{binaries(self.users)}]], "
-            f"[catch rabbit_vhost:delete(V, <<\"tests\">>) || V <- [{binaries(self.vhosts)}]], ok."
+            f"[catch rabbit_auth_backend_internal:delete_user(U, <<\"tests\">>) || U <- [{_erlang_binaries(self.users)}]], "
+            f"[catch rabbit_vhost:delete(V, <<\"tests\">>) || V <- [{_erlang_binaries(self.vhosts)}]], ok."
         )
         if self.users or self.vhosts:
             self.runner.run("eval", code)
@@ -329,7 +383,7 @@ class Worker:
                 cwd=self.cwd,
                 start_new_session=True,  # its own process group: stop() can reach the pool's children
             )
-        wait_for(self.answers_ping, timeout=timeout, interval=0.1, what=f"worker {self.name} to answer a ping")
+        wait_for(self.answers_ping, timeout=timeout, interval=0.05, what=f"worker {self.name} to answer a ping")
         return self
 
     def answers_ping(self) -> bool:
@@ -341,7 +395,8 @@ class Worker:
             from celery import Celery
 
             self._probe = Celery("celeryctl-test-ping", broker=self.broker_url)
-        replies = self._probe.control.ping(destination=[self.name], timeout=0.5) or []
+        # A ready worker answers in milliseconds; a short timeout is a fine-grained wait while it boots.
+        replies = self._probe.control.ping(destination=[self.name], timeout=0.25) or []
         return any(self.name in reply for reply in replies)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
@@ -388,8 +443,12 @@ class Workers:
         return worker.start(timeout)
 
     def stop_all(self) -> None:
+        """SIGKILL every worker (its process group) and reap it: the teardown asserts nothing of
+        a worker's exit, and a warm shutdown costs 3-4 s a worker (its whole grace while a task
+        runs).  RabbitMQ re-queues what a killed worker held, as for any lost connection.  The
+        warm shutdown is tested where it is the subject (``worker.stop()`` with SIGTERM)."""
         for worker in self.started:
-            worker.stop()
+            worker.stop(signal.SIGKILL)
 
 
 @pytest.fixture

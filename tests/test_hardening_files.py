@@ -264,7 +264,7 @@ def test_demo_worker_log_is_private_in_a_private_data_dir(cli: CliRun, rabbit: R
     log = data / "demo-worker.log"
     log.write_text("old log\n")
     log.chmod(0o644)
-    r = cli("demo", "--broker", rabbit.url, "--seconds", "1", "--no-save", env={"CELERYCTL_DATA_DIR": str(data)})
+    r = cli("demo", "--broker", rabbit.url, "--seconds", "0", "--no-save", env={"CELERYCTL_DATA_DIR": str(data)})
     assert r.returncode == 0, r.output
     assert r.stdout.strip().splitlines()[-1] == "3"
     assert mode(data) == 0o700
@@ -276,7 +276,7 @@ def test_demo_refuses_a_link_at_its_worker_log(cli: CliRun, rabbit: RabbitNode, 
     data.mkdir()
     target = victim(tmp_path)
     (data / "demo-worker.log").symlink_to(target)
-    r = cli("demo", "--broker", rabbit.url, "--seconds", "1", "--no-save", env={"CELERYCTL_DATA_DIR": str(data)})
+    r = cli("demo", "--broker", rabbit.url, "--seconds", "0", "--no-save", env={"CELERYCTL_DATA_DIR": str(data)})
     assert r.returncode == 5, r.output
     assert f"refusing to write {data / 'demo-worker.log'}: it is a symbolic link" in r.stderr
     assert "Traceback" not in r.output

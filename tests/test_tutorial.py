@@ -15,7 +15,7 @@ def test_demo_provisions_a_user_and_vhost_and_saves_the_url(cli: CliRun, rabbit:
     work = tmp_path / "work"
     saved = work / "celeryctl.toml"
 
-    first = cli("demo", "--seconds", "1", "--json", env=env)
+    first = cli("demo", "--seconds", "0", "--json", env=env)
     assert first.returncode == 0, first.output
     doc = first.json()
     assert doc["ok"] is True and doc["result"] == 3
@@ -32,14 +32,14 @@ def test_demo_provisions_a_user_and_vhost_and_saves_the_url(cli: CliRun, rabbit:
     assert {"user": "celery", "configure": ".*", "write": ".*", "read": ".*"} in perms
 
     # Second run: the saved URL is the broker; nothing is provisioned again.
-    again = cli("demo", "--seconds", "1", "--json", env=env)
+    again = cli("demo", "--seconds", "0", "--json", env=env)
     assert again.returncode == 0, again.output
     assert again.json()["setup"] is None and again.json()["result"] == 3
     assert load_settings(env={}, cwd=work).broker_url == url
 
     # The settings file is gone and the user's password is unknown: the demo replaces it.
     saved.unlink()
-    third = cli("demo", "--seconds", "1", "--json", env=env)
+    third = cli("demo", "--seconds", "0", "--json", env=env)
     assert third.returncode == 0, third.output
     assert third.json()["setup"]["password_rotated"] is True
     new_url = load_settings(env={}, cwd=work).broker_url

@@ -25,7 +25,7 @@ from celeryctl.probe import port_is_free
 from celeryctl.rabbitmq.cluster import Cluster
 from celeryctl.rabbitmq.ctl import Runner
 from celeryctl.rabbitmq.node import NodeInfo, pick_free_port
-from tests.conftest import _ensure_rabbitmq_installed, wait_for
+from tests.conftest import STOP_IN_BACKGROUND, _ensure_rabbitmq_installed, wait_for
 
 NODES = 3
 
@@ -119,4 +119,4 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
     try:
         yield found
     finally:
-        found.cluster.stop()
+        STOP_IN_BACKGROUND(found.cluster.stop, "the local cluster")

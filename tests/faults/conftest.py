@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from celeryctl.rabbitmq.node import Node, NodeInfo, pick_free_port
-from tests.conftest import wait_for
+from tests.conftest import STOP_IN_BACKGROUND, wait_for
 
 HERE = Path(__file__).parent
 #: ``-A`` for the fault app, run from the repository root (``cwd=ROOT``).
@@ -61,7 +61,7 @@ def fault_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultNode]:
     try:
         yield fault
     finally:
-        node.stop()
+        STOP_IN_BACKGROUND(node.stop, f"the fault node {node.dir}")
 
 
 class Ledger:

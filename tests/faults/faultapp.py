@@ -17,8 +17,10 @@ app = Celery("faultapp")
 # The app's own queues are celeryctl's quorum queues (delivery limit 5, dead letters in
 # QUEUE.dead), for every producer and worker that imports it: README "Reliability".
 # FAULT_PLAIN=1: a plain Celery app, as before celeryctl.configure (classic queues).
+# FAULT_MAX_DELIVERIES=N: another delivery limit (each delivery of a poison task costs a pool
+# process, noticed up to 5 s later).
 if os.environ.get("FAULT_PLAIN") != "1":
-    celeryctl.configure(app)
+    celeryctl.configure(app, max_deliveries=int(os.environ.get("FAULT_MAX_DELIVERIES", "5")))
 
 
 def _record(task_id: str | None) -> None:

@@ -44,11 +44,29 @@ def depth(url: str, queue: str) -> int:
         conn.close()
 
 
-@pytest.fixture(autouse=True)
-def empty_queues(fault_node: FaultNode) -> Iterator[None]:
-    """Each test starts with ``celery`` and ``celery.dead`` empty."""
+def consumers(url: str, queue: str) -> int:
+    """Consumers of ``queue`` (passive declare); 0 when it does not exist."""
     import pika.exceptions
 
+    conn = _channel(url)
+    try:
+        return int(conn.channel().queue_declare(queue, passive=True).method.consumer_count)
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0
+    finally:
+        conn.close()
+
+
+@pytest.fixture(autouse=True)
+def empty_queues(fault_node: FaultNode) -> Iterator[None]:
+    """Each test starts with ``celery`` and ``celery.dead`` empty.
+
+    The previous test's workers were SIGKILLed: once RabbitMQ has dropped their consumers, what
+    they held is back in the queue, and purged with the rest.
+    """
+    import pika.exceptions
+
+    wait_for(lambda: consumers(fault_node.url, QUEUE) == 0, timeout=30, what="the last test's workers to be gone")
     conn = _channel(fault_node.url)
     try:
         for queue in (QUEUE, DEAD):
