@@ -23,6 +23,7 @@ from pathlib import Path
 
 from celeryctl.deploy import PRIVATE_FILE, DeployFile, DeployPlan, masked_value, seconds_text, stop_timeout
 from celeryctl.errors import UsageError
+from celeryctl.worker_steps import DEFAULT_GRACE
 
 DEFAULT_OUTPUT = Path("deploy/kubernetes")
 DEFAULT_NAME = "celeryctl-worker"
@@ -52,7 +53,7 @@ class KubernetesSpec:
     queues: str | None = None
     name: str = DEFAULT_NAME
     namespace: str | None = None
-    grace: float = 25.0
+    grace: float = DEFAULT_GRACE
 
 
 def y(value: object) -> str:

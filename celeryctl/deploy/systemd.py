@@ -34,6 +34,7 @@ from celeryctl.deploy import (
     stop_timeout,
 )
 from celeryctl.errors import UsageError
+from celeryctl.worker_steps import DEFAULT_GRACE
 
 UNIT_DIR = Path("/etc/systemd/system")
 DEFAULT_OUTPUT = Path("deploy/systemd")
@@ -64,7 +65,7 @@ class SystemdSpec:
     queues: str | None = None  # comma-separated
     user: str | None = None
     group: str | None = None
-    grace: float = 25.0
+    grace: float = DEFAULT_GRACE
     workdir: Path | None = None
     env_file: Path = DEFAULT_ENV_FILE
 
