@@ -9,7 +9,6 @@ the command (:mod:`celeryctl.cli.probe`) and prints the same line.
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -53,14 +52,16 @@ def _options(args: list[str]) -> dict[str, object] | None:
         else:
             return None
         i += 1
-    if opts["max_age"] is not None:
-        try:
-            age = float(str(opts["max_age"]))
-        except ValueError:
-            return None
-        if not (math.isfinite(age) and age > 0):
-            return None
-        opts["max_age"] = age
+    from celeryctl import validate
+    from celeryctl.errors import UsageError
+
+    try:  # the same checks as the full CLI's parsers; a bad value is theirs to explain
+        if opts["max_age"] is not None:
+            opts["max_age"] = validate.seconds(opts["max_age"], allow_zero=False)
+        if opts["name"] is not None:
+            validate.worker_name(str(opts["name"]))
+    except UsageError:
+        return None
     return opts
 
 

@@ -65,3 +65,12 @@ def queue_name(value: str, what: str = "the queue name") -> str:
             f"{what} is {size} bytes long, the limit is {MAX_QUEUE_NAME_BYTES}", "use a shorter queue name"
         )
     return value
+
+
+def worker_name(value: str, what: str = "the worker name") -> str:
+    """A worker's node name (``w1`` or ``w1@host``).  It names its health record's file, so it
+    holds no path separator, does not start with a dot and fits a file name."""
+    if not value or "/" in value or "\0" in value or value.startswith(".") or len(value.encode()) > 250:
+        shown = value[:40] + ("..." if len(value) > 40 else "")
+        raise UsageError(f"{what} {shown!r} is not a node name", "use NAME@HOST or NAME, as given to celeryctl worker -n")
+    return value

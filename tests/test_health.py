@@ -141,7 +141,7 @@ def test_bad_files_and_values(cli: CliRun, tmp_path: Path) -> None:
     junk.write_text("{not json")
     r = cli("probe", "worker", "--file", str(junk))
     assert r.returncode == 1 and r.stdout == f"not alive: {junk} is not a health record\n"
-    for bad in (["--max-age", "0"], ["--max-age", "soon"], ["--file"], ["--bogus"]):
+    for bad in (["--max-age", "0"], ["--max-age", "soon"], ["--file"], ["--bogus"], ["../../etc/passwd"], [".hidden"]):
         r = cli("probe", "worker", *bad)
         assert r.returncode == 2 and "Traceback" not in r.output, bad
     r = cli("probe", "worker", "--help")

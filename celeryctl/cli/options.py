@@ -73,6 +73,13 @@ def _queue_list(value: str) -> str:
     return value
 
 
+def parse_worker_name(value: str) -> str:
+    """A parser for a worker's node name (``w1`` or ``w1@host``)."""
+    from celeryctl import validate
+
+    return str(_parser(lambda v: validate.worker_name(v, ""))(value))
+
+
 def parse_queue_name(value: str) -> str:
     """A parser for a queue-name option (``-Q``): non-empty, at most 255 bytes."""
     from celeryctl import validate

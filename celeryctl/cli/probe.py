@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from celeryctl.cli.options import BrokerOpt, DataDirOpt, JsonOpt, resolve, seconds_parser
+from celeryctl.cli.options import (
+    BrokerOpt,
+    DataDirOpt,
+    JsonOpt,
+    PlainHelpCommand,
+    parse_worker_name,
+    resolve,
+    seconds_parser,
+)
 from celeryctl.health import DEFAULT_MAX_AGE
 
 app = typer.Typer(
@@ -17,12 +25,13 @@ app = typer.Typer(
 )
 
 
-@app.command("worker")
+@app.command("worker", cls=PlainHelpCommand)
 def worker(
     name: Annotated[
         str | None,
         typer.Argument(
-            metavar="[NAME]",
+            parser=parse_worker_name,
+            metavar="NAME",
             help="The worker's node name (w1@host, or w1 for w1@this host); default: the only worker "
             "with a record in DATA_DIR/health.",
             show_default=False,
