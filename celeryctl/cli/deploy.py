@@ -19,6 +19,8 @@ from celeryctl.cli.options import (
     resolve,
     seconds_parser,
 )
+from celeryctl.deploy import kubernetes as kubernetes_files
+from celeryctl.deploy import systemd as systemd_files
 from celeryctl.render import deploy as view
 from celeryctl.worker_steps import DEFAULT_GRACE
 
@@ -92,7 +94,7 @@ def systemd(
     env_file: Annotated[
         Path,
         typer.Option("--env-file", metavar="PATH", help="Where the units read the settings file from once installed."),
-    ] = Path("/etc/celeryctl/celeryctl.env"),
+    ] = systemd_files.DEFAULT_ENV_FILE,
     output: Annotated[
         Path,
         typer.Option(
@@ -101,7 +103,7 @@ def systemd(
             metavar="DIR",
             help="Where to write the files; --output /etc/systemd/system installs the units directly.",
         ),
-    ] = Path("deploy/systemd"),
+    ] = systemd_files.DEFAULT_OUTPUT,
     dry_run: DryRunOpt = False,
     force: ForceOpt = False,
     broker: BrokerOpt = None,
@@ -119,10 +121,9 @@ def systemd(
     read through EnvironmentFile=.  Prints the commands that install and start them.
     """
     from celeryctl import deploy as core
-    from celeryctl.deploy import systemd as units
 
     settings = _settings(broker, backend, app_spec, queue_type, max_deliveries)
-    spec = units.SystemdSpec(
+    spec = systemd_files.SystemdSpec(
         program=core.celeryctl_program(),
         environment=core.worker_environment(settings),
         output=output,
@@ -135,7 +136,7 @@ def systemd(
         workdir=(workdir or Path.cwd()).absolute() if (workdir or settings.app) else None,
         env_file=env_file,
     )
-    plan = units.plan(spec)
+    plan = systemd_files.plan(spec)
     plan.warnings[:0] = core.broker_warnings(settings, remote=False)
     view.show(core.apply(plan, force=force, dry_run=dry_run), as_json=json_)
 
@@ -167,7 +168,7 @@ def kubernetes(
     grace: GraceOpt = DEFAULT_GRACE,
     output: Annotated[
         Path, typer.Option("--output", "-o", metavar="DIR", help="Where to write deployment.yaml and secret.yaml.")
-    ] = Path("deploy/kubernetes"),
+    ] = kubernetes_files.DEFAULT_OUTPUT,
     dry_run: DryRunOpt = False,
     force: ForceOpt = False,
     broker: BrokerOpt = None,
@@ -185,10 +186,9 @@ def kubernetes(
     Prints the kubectl commands that apply them.
     """
     from celeryctl import deploy as core
-    from celeryctl.deploy import kubernetes as k8s
 
     settings = _settings(broker, backend, app_spec, queue_type, max_deliveries)
-    spec = k8s.KubernetesSpec(
+    spec = kubernetes_files.KubernetesSpec(
         image=image,
         environment=core.worker_environment(settings),
         output=output,
@@ -199,6 +199,6 @@ def kubernetes(
         namespace=namespace,
         grace=grace,
     )
-    plan = k8s.plan(spec)
+    plan = kubernetes_files.plan(spec)
     plan.warnings[:0] = core.broker_warnings(settings, remote=True)
     view.show(core.apply(plan, force=force, dry_run=dry_run), as_json=json_)
