@@ -351,8 +351,10 @@ def _build() -> list[type]:  # noqa: C901 - three small classes that need Celery
                 return
             recorder = _HEALTH[0]
             recorder.loop_driven = c.hub is not None
+            # a tick, not an update: the heartbeat starts now, not at the last turn of the loop
+            # before a reconnection (or at start-up), which would read as a frozen loop
             if recorder.fields.get("state") != "shutting down":
-                recorder.update(state="ready", **_observe(c))
+                recorder.tick(state="ready", **_observe(c))
             recorder.start()
             if c.hub is not None:
                 c.hub.call_repeatedly(INTERVAL, lambda: recorder.tick(**_observe(c)))

@@ -112,6 +112,7 @@ def test_broker_down_is_not_ready_but_alive_and_ready_again_when_it_returns(
     fault_node.stop()
     try:
         wait_for(lambda: probe(cli, worker, "--ready")[0] == 1, timeout=20, what="not ready")
+        down = time.time()
         code, line = probe(cli, worker, "--ready")
         assert line.startswith(f"not ready: {worker.name} reconnecting: not connected to the broker"), line
         assert probe(cli, worker)[0] == 0  # alive: an orchestrator must not restart it for the broker
@@ -120,7 +121,12 @@ def test_broker_down_is_not_ready_but_alive_and_ready_again_when_it_returns(
         assert broker.returncode == 6 and "cannot reach the broker" in broker.stderr
     finally:
         fault_node.start()
-    wait_for(lambda: probe(cli, worker, "--ready")[0] == 0, timeout=40, what="ready again")
+    # the first record that says ready again: its heartbeat starts with the consumer, not at the
+    # loop's last turn before the outage (which would read as a frozen loop)
+    record = Path(worker.env["CELERYCTL_DATA_DIR"]) / "health" / f"{worker.name}.json"
+    first = wait_for(lambda: (d := json.loads(record.read_text()))["state"] == "ready" and d, timeout=40, interval=0.01)
+    assert first["heartbeat"] > down, first  # type: ignore[index]
+    wait_for(lambda: probe(cli, worker, "--ready")[0] == 0, timeout=10, what="ready again")
     assert worker.proc.poll() is None and worker.proc.pid == pid  # type: ignore[union-attr]  # no restart
     assert get(health_port, "/readyz")[0] == 200
 
