@@ -32,6 +32,16 @@ class Setup:
         return self.tmp / "data"
 
 
+def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGTERM a worker started in its own session; SIGKILL its whole group (the pool too) after ``timeout``."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @contextmanager
 def node_with_demo_worker(prefix: str) -> Iterator[Setup]:
     """A private RabbitMQ node on a free port and one plain `celery worker` of celeryctl's demo

@@ -33,6 +33,9 @@ sys.path.insert(0, str(REPO))
 from celeryctl.rabbitmq.cluster import Cluster  # noqa: E402
 from celeryctl.rabbitmq.node import Node, pick_free_port  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import stop_worker  # noqa: E402
+
 APP = "tests.faults.faultapp"
 CONCURRENCY = 2
 
@@ -68,15 +71,6 @@ def _worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def _submit(env: dict[str, str], count: int, seconds: float = 0.0) -> subprocess.Popen[str]:
     argv = [sys.executable, "-m", "celeryctl", "submit", "-A", APP, "record", "0", str(seconds)]
     argv += ["--count", str(count), "--wait", "--json", "--timeout", "300"]
@@ -94,7 +88,7 @@ def _rate(env: dict[str, str], tmp: Path, count: int) -> float:
             raise SystemExit(f"submit failed: {err}")
         return count / wall
     finally:
-        _stop(worker)
+        stop_worker(worker)
 
 
 def _lines(path: Path) -> int:
@@ -124,7 +118,7 @@ def _recovery(cluster: Cluster, env: dict[str, str], tmp: Path, count: int = 200
             raise SystemExit(f"submit after the kill failed: {err}")
         return recovery, len(set(ids)), len(ids) - len(set(ids))
     finally:
-        _stop(worker)
+        stop_worker(worker)
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ from importlib.metadata import version
 from pathlib import Path
 from types import FrameType
 
-from _common import REPO, Measured, run_measured
+from _common import REPO, Measured, run_measured, stop_worker
 
 from celeryctl.rabbitmq.node import Node, NodeInfo, pick_free_port
 
@@ -126,12 +126,7 @@ def node_and_worker(pool: str) -> Iterator[tuple[Bench, subprocess.Popen[bytes]]
         yield bench, worker
     finally:
         if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)  # its session: the pool's processes too
-                worker.wait()
+            stop_worker(worker)
         node.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
